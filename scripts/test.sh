@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what the tests need (model files, a local
+# PostgreSQL + pgvector) into the cache and starts the database if it is not
+# running; stops it again afterwards if this script started it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lextral/target}"
+
+LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -n 1)"
+export LEXTRAL_EMBED_MODEL
+
+started_db=0
+if [ -z "${LEXTRAL_TEST_DATABASE_URL:-}" ]; then
+  if ! scripts/dev-db.sh status >/dev/null 2>&1; then
+    started_db=1
+  fi
+  LEXTRAL_TEST_DATABASE_URL="$(scripts/dev-db.sh start | tail -n 1)"
+  export LEXTRAL_TEST_DATABASE_URL
+fi
+cleanup() {
+  if [ "$started_db" = 1 ]; then
+    scripts/dev-db.sh stop || true
+  fi
+}
+trap cleanup EXIT
+
+echo "test: model $LEXTRAL_EMBED_MODEL"
+cargo test --workspace --all-targets "$@"

@@ -1,0 +1,100 @@
+//! gRPC server bootstrap: health, reflection, metrics and tracing layers, and
+//! graceful shutdown, the same for every service and for `serve all`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+
+use crate::metrics::GrpcMetricsLayer;
+
+/// Routes under construction plus the health reporter the services flip.
+pub struct GrpcRoutes {
+    builder: RoutesBuilder,
+    health: HealthReporter,
+}
+
+impl Default for GrpcRoutes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcRoutes {
+    /// Starts with gRPC health and reflection (v1 and v1alpha, for older grpcurl).
+    pub fn new() -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut builder = RoutesBuilder::default();
+        builder.add_service(health_service);
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lextral_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("embedded descriptor sets are valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lextral_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("embedded descriptor sets are valid");
+        builder.add_service(reflection_v1);
+        builder.add_service(reflection_v1alpha);
+        Self { builder, health }
+    }
+
+    /// The health reporter; services start NOT_SERVING and flip when ready.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Adds a service.
+    pub fn add_service<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.builder.add_service(service);
+        self
+    }
+
+    /// Finishes the routes.
+    pub fn into_routes(self) -> Routes {
+        self.builder.routes()
+    }
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then drains
+/// in-flight calls.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    routes: Routes,
+    request_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpListenerStream::new(listener);
+    Server::builder()
+        .timeout(request_timeout)
+        .layer(GrpcMetricsLayer)
+        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// Binds a TCP listener with a message naming the address on failure.
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))
+}

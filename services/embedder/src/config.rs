@@ -1,0 +1,107 @@
+//! Embedder configuration: flags with `LEXTRAL_*` environment equivalents.
+
+use std::time::Duration;
+
+/// Embedder settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EmbedderConfig {
+    /// Model: a local directory in Hugging Face layout (config.json,
+    /// tokenizer.json, model.safetensors, sentence-transformers configs) or a
+    /// Hub model id downloaded when online. Defaults to the set-up script's
+    /// cache, else sentence-transformers/all-MiniLM-L6-v2 from the Hub.
+    #[arg(long = "embed-model", env = "LEXTRAL_EMBED_MODEL", default_value_t = default_model())]
+    pub model: String,
+
+    /// Tokens (padded length x texts) packed into one forward pass.
+    #[arg(
+        long = "embed-max-batch-tokens",
+        env = "LEXTRAL_EMBED_MAX_BATCH_TOKENS",
+        default_value_t = 8192
+    )]
+    pub max_batch_tokens: usize,
+
+    /// Requests that may wait for the model; beyond it calls fail fast with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(
+        long = "embed-queue-capacity",
+        env = "LEXTRAL_EMBED_QUEUE_CAPACITY",
+        default_value_t = 256
+    )]
+    pub queue_capacity: usize,
+
+    /// Texts accepted in one Embed call.
+    #[arg(
+        long = "embed-max-texts",
+        env = "LEXTRAL_EMBED_MAX_TEXTS",
+        default_value_t = 1024
+    )]
+    pub max_texts_per_request: usize,
+
+    /// Bytes accepted per text; longer texts are rejected rather than
+    /// tokenised (the model only reads the first 256 tokens anyway).
+    #[arg(
+        long = "embed-max-text-bytes",
+        env = "LEXTRAL_EMBED_MAX_TEXT_BYTES",
+        default_value_t = 100_000
+    )]
+    pub max_text_bytes: usize,
+
+    /// Per-call deadline in seconds.
+    #[arg(
+        long = "embed-timeout-s",
+        env = "LEXTRAL_EMBED_TIMEOUT_S",
+        default_value_t = 60
+    )]
+    pub timeout_s: u64,
+}
+
+/// Request limits enforced by the gRPC handler.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedLimits {
+    /// Texts per call.
+    pub max_texts: usize,
+    /// Bytes per text.
+    pub max_text_bytes: usize,
+}
+
+impl EmbedderConfig {
+    /// The handler's limits.
+    pub fn limits(&self) -> EmbedLimits {
+        EmbedLimits {
+            max_texts: self.max_texts_per_request,
+            max_text_bytes: self.max_text_bytes,
+        }
+    }
+
+    /// The per-call deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s)
+    }
+
+    /// Defaults with the given model, for tests and embedding tools.
+    pub fn with_model(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            max_batch_tokens: 8192,
+            queue_capacity: 256,
+            max_texts_per_request: 1024,
+            max_text_bytes: 100_000,
+            timeout_s: 60,
+        }
+    }
+}
+
+/// The Hub id used when no local model is cached.
+pub const DEFAULT_HUB_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// The set-up script's cached model if present, else the Hub id.
+pub fn default_model() -> String {
+    let cached = lextral_common::lextral_home()
+        .join("models")
+        .join("all-MiniLM-L6-v2");
+    if cached.join("model.safetensors").is_file() {
+        cached.display().to_string()
+    } else {
+        DEFAULT_HUB_MODEL.to_owned()
+    }
+}

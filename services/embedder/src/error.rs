@@ -1,0 +1,53 @@
+//! Embedder errors and their place in the shared code table.
+
+use lextral_common::{ServiceError, ServiceErrorCode};
+
+/// What can go wrong in the embedder.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EmbedderError {
+    /// No texts in the request.
+    #[error("texts must not be empty")]
+    NoTexts,
+    /// Too many texts in one request.
+    #[error("{count} texts in one request; the limit is {max}")]
+    TooManyTexts { count: usize, max: usize },
+    /// One text is over the byte limit.
+    #[error("text {index} is {bytes} bytes; the limit is {max}")]
+    TextTooLong {
+        index: usize,
+        bytes: usize,
+        max: usize,
+    },
+    /// The batching queue is full.
+    #[error("embedder overloaded: {capacity} requests already queued")]
+    QueueFull { capacity: usize },
+    /// The model thread has stopped.
+    #[error("embedder is shutting down")]
+    Stopped,
+    /// The model directory is missing files or holds bad ones.
+    #[error("cannot load model from {path}: {reason}")]
+    ModelLoad { path: String, reason: String },
+    /// Tokenisation or the forward pass failed.
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl ServiceError for EmbedderError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::NoTexts | Self::TooManyTexts { .. } | Self::TextTooLong { .. } => {
+                ServiceErrorCode::BadRequest
+            }
+            Self::QueueFull { .. } => ServiceErrorCode::ResourceExhausted,
+            Self::Stopped => ServiceErrorCode::Unavailable,
+            Self::ModelLoad { .. } => ServiceErrorCode::FailedPrecondition,
+            Self::Inference(_) => ServiceErrorCode::Internal,
+        }
+    }
+}
+
+impl From<candle_core::Error> for EmbedderError {
+    fn from(err: candle_core::Error) -> Self {
+        Self::Inference(err.to_string())
+    }
+}

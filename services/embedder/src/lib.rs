@@ -1,0 +1,80 @@
+//! The embedder service: sentence embeddings from a BERT-family model with
+//! candle, reproducing sentence-transformers (pooling, normalisation,
+//! truncation), served over gRPC with a batching queue.
+
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod model;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_proto::v1::embedder_service_server::EmbedderServiceServer;
+use tokio::net::TcpListener;
+
+pub use batcher::EmbedQueue;
+pub use config::EmbedderConfig;
+pub use error::EmbedderError;
+pub use grpc::EmbedderGrpc;
+pub use model::{ModelInfo, SentenceEmbedder, TextEmbedding};
+
+/// Loads the model and starts the batching queue.
+pub async fn load_queue(config: &EmbedderConfig) -> anyhow::Result<Arc<EmbedQueue>> {
+    let dir = model::resolve_model_dir(&config.model).await?;
+    let model_id = config.model.clone();
+    let embedder =
+        tokio::task::spawn_blocking(move || SentenceEmbedder::load(&dir, &model_id)).await??;
+    tracing::info!(
+        model = %embedder.info().model_id,
+        dimension = embedder.info().dimension,
+        max_seq_len = embedder.info().max_seq_len,
+        pooling = embedder.info().pooling.as_str(),
+        "embedding model loaded"
+    );
+    Ok(Arc::new(EmbedQueue::start(
+        embedder,
+        config.queue_capacity,
+        config.max_batch_tokens,
+    )))
+}
+
+/// Adds the embedder to `routes`, loading the model first; health flips to
+/// SERVING once it is loaded.
+pub async fn add_to(
+    config: &EmbedderConfig,
+    routes: &mut GrpcRoutes,
+) -> anyhow::Result<Arc<EmbedQueue>> {
+    let health = routes.health();
+    health
+        .set_not_serving::<EmbedderServiceServer<EmbedderGrpc>>()
+        .await;
+    let queue = load_queue(config).await?;
+    let service = EmbedderGrpc::new(queue.clone(), config.limits());
+    routes.add_service(EmbedderServiceServer::new(service));
+    health
+        .set_serving::<EmbedderServiceServer<EmbedderGrpc>>()
+        .await;
+    Ok(queue)
+}
+
+/// Runs the embedder alone on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: EmbedderConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting embedder");
+    let mut routes = GrpcRoutes::new();
+    add_to(&config, &mut routes).await?;
+    serve_grpc(
+        listener,
+        routes.into_routes(),
+        config.request_timeout(),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

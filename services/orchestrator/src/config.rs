@@ -1,0 +1,112 @@
+//! Orchestrator configuration: flags with `LEXTRAL_*` environment equivalents.
+
+use std::time::Duration;
+
+/// Orchestrator and gateway settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Embedder gRPC URL. `serve all` points it at its own gRPC port.
+    #[arg(
+        long = "embedder-url",
+        env = "LEXTRAL_EMBEDDER_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub embedder_url: String,
+
+    /// Retriever gRPC URL. `serve all` points it at its own gRPC port.
+    #[arg(
+        long = "retriever-url",
+        env = "LEXTRAL_RETRIEVER_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub retriever_url: String,
+
+    /// Default neighbours for kNN.
+    #[arg(long = "knn-k", env = "LEXTRAL_KNN_K", default_value_t = 10)]
+    pub knn_k: u32,
+
+    /// Default kNN vote: weighted, softmax or majority.
+    #[arg(
+        long = "knn-vote",
+        env = "LEXTRAL_KNN_VOTE",
+        default_value = "weighted"
+    )]
+    pub knn_vote: String,
+
+    /// Default exponent for weighted votes.
+    #[arg(long = "knn-power", env = "LEXTRAL_KNN_POWER", default_value_t = 4.0)]
+    pub knn_power: f32,
+
+    /// Default temperature for softmax votes.
+    #[arg(
+        long = "knn-temperature",
+        env = "LEXTRAL_KNN_TEMPERATURE",
+        default_value_t = 0.05
+    )]
+    pub knn_temperature: f32,
+
+    /// Default similarity floor for voting neighbours.
+    #[arg(
+        long = "knn-min-similarity",
+        env = "LEXTRAL_KNN_MIN_SIMILARITY",
+        default_value_t = 0.0
+    )]
+    pub knn_min_similarity: f32,
+
+    /// Default confidence floor; below it kNN abstains. 0 never abstains.
+    #[arg(
+        long = "knn-min-confidence",
+        env = "LEXTRAL_KNN_MIN_CONFIDENCE",
+        default_value_t = 0.0
+    )]
+    pub knn_min_confidence: f32,
+
+    /// Texts accepted in one classify call.
+    #[arg(long = "max-texts", env = "LEXTRAL_MAX_TEXTS", default_value_t = 256)]
+    pub max_texts: usize,
+
+    /// Bytes accepted per text.
+    #[arg(
+        long = "max-text-bytes",
+        env = "LEXTRAL_MAX_TEXT_BYTES",
+        default_value_t = 100_000
+    )]
+    pub max_text_bytes: usize,
+
+    /// Largest REST request body in bytes.
+    #[arg(long = "http-body-limit", env = "LEXTRAL_HTTP_BODY_LIMIT", default_value_t = 8 * 1024 * 1024)]
+    pub http_body_limit: usize,
+
+    /// Deadline in seconds for a whole request, downstream calls included.
+    #[arg(
+        long = "request-timeout-s",
+        env = "LEXTRAL_REQUEST_TIMEOUT_S",
+        default_value_t = 60
+    )]
+    pub request_timeout_s: u64,
+}
+
+impl OrchestratorConfig {
+    /// Defaults with the given downstream URLs, for tests and `serve all`.
+    pub fn with_urls(embedder_url: impl Into<String>, retriever_url: impl Into<String>) -> Self {
+        Self {
+            embedder_url: embedder_url.into(),
+            retriever_url: retriever_url.into(),
+            knn_k: 10,
+            knn_vote: "weighted".to_owned(),
+            knn_power: 4.0,
+            knn_temperature: 0.05,
+            knn_min_similarity: 0.0,
+            knn_min_confidence: 0.0,
+            max_texts: 256,
+            max_text_bytes: 100_000,
+            http_body_limit: 8 * 1024 * 1024,
+            request_timeout_s: 60,
+        }
+    }
+
+    /// The request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_s.max(1))
+    }
+}

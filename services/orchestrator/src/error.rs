@@ -1,0 +1,61 @@
+//! Orchestrator errors, including downstream failures mapped back onto the
+//! shared code table.
+
+use lextral_common::{ServiceError, ServiceErrorCode};
+
+/// What can go wrong in the orchestrator.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The strategy exists in the API but is not available in this deployment.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// A downstream service failed.
+    #[error("{service}: {message}")]
+    Downstream {
+        service: &'static str,
+        code: ServiceErrorCode,
+        message: String,
+    },
+    /// A downstream answer broke the contract (e.g. wrong result count).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl OrchestratorError {
+    /// Wraps a downstream status, keeping its meaning.
+    pub fn downstream(service: &'static str) -> impl Fn(tonic::Status) -> Self {
+        move |status| Self::Downstream {
+            service,
+            code: ServiceErrorCode::from_grpc(status.code()),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+impl ServiceError for OrchestratorError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::InvalidArgument(_) => ServiceErrorCode::BadRequest,
+            Self::Unimplemented(_) => ServiceErrorCode::Unimplemented,
+            Self::Downstream { code, .. } => *code,
+            Self::Internal(_) => ServiceErrorCode::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downstream_codes_keep_their_meaning() {
+        let err = OrchestratorError::downstream("retriever")(tonic::Status::unavailable("db down"));
+        assert_eq!(err.error_code(), ServiceErrorCode::Unavailable);
+        assert_eq!(err.to_string(), "retriever: db down");
+        let err = OrchestratorError::downstream("embedder")(tonic::Status::invalid_argument("bad"));
+        assert_eq!(err.error_code(), ServiceErrorCode::BadRequest);
+    }
+}

@@ -1,0 +1,539 @@
+//! The REST/JSON gateway: its own serde types (not prost's), one error body
+//! shape on the shared code table, OpenAPI at `/openapi.json`, docs at
+//! `/docs`, and a one-page web UI at `/`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lextral_common::{ServiceError, ServiceErrorCode};
+use lextral_proto::v1::{
+    CascadeOptions, ClassificationResult, ClassifyRequest, ClassifyResponse, FinetunedOptions,
+    KnnOptions, PromptOptions, Strategy,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::error::OrchestratorError;
+use crate::names::{parse_strategy, parse_vote, strategy_name};
+use crate::service::Orchestrator;
+
+/// A classify request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyBody {
+    /// Clauses to classify, at least one, none empty.
+    #[schema(example = json!(["This Agreement shall be governed by the laws of the State of New York."]))]
+    pub texts: Vec<String>,
+    /// One of knn, finetuned, cascade, rag, zero-shot. Default knn.
+    #[serde(default = "default_strategy")]
+    #[schema(example = "knn")]
+    pub strategy: String,
+    /// Strategy options; absent fields take the server's defaults.
+    #[serde(default)]
+    pub options: ClassifyOptions,
+}
+
+fn default_strategy() -> String {
+    "knn".to_owned()
+}
+
+/// Options for every strategy in one flat object; each strategy reads its own.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyOptions {
+    /// kNN / RAG: neighbours to retrieve, 1..=100.
+    pub k: Option<u32>,
+    /// kNN: weighted, softmax or majority.
+    pub vote: Option<String>,
+    /// kNN weighted vote exponent.
+    pub power: Option<f32>,
+    /// kNN softmax temperature.
+    pub temperature: Option<f32>,
+    /// kNN: neighbours below this cosine similarity do not vote.
+    pub min_similarity: Option<f32>,
+    /// kNN: abstain below this vote share.
+    pub min_confidence: Option<f32>,
+    /// kNN: HNSW search breadth.
+    pub ef_search: Option<u32>,
+    /// kNN: only neighbours from these splits vote.
+    pub splits: Option<Vec<String>>,
+    /// Fine-tuned: alternatives to return.
+    pub top_k: Option<u32>,
+    /// Prompt strategies: cap on generated tokens.
+    pub max_output_tokens: Option<u32>,
+    /// Cascade: below this fine-tuned probability, fall back.
+    pub cascade_min_confidence: Option<f32>,
+}
+
+/// A label with its score.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabelScoreBody {
+    /// The label.
+    pub label: String,
+    /// Its score (kNN: vote share).
+    pub score: f32,
+}
+
+/// A retrieved neighbour.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NeighborBody {
+    /// Store id.
+    pub id: String,
+    /// Its label.
+    pub label: String,
+    /// Cosine similarity to the query.
+    pub similarity: f32,
+    /// The clause text.
+    pub text: String,
+    /// Its split.
+    pub split: String,
+}
+
+/// The classification of one clause.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultBody {
+    /// Predicted label; empty when abstained.
+    pub label: String,
+    /// Confidence in [0, 1].
+    pub confidence: f32,
+    /// Whether the strategy declined to answer.
+    pub abstained: bool,
+    /// Why it abstained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstain_reason: Option<String>,
+    /// Best labels, best first.
+    pub alternatives: Vec<LabelScoreBody>,
+    /// Neighbours considered, as evidence.
+    pub neighbors: Vec<NeighborBody>,
+    /// The strategy that produced the label.
+    pub answered_by: String,
+    /// Whether the clause was truncated.
+    pub truncated: bool,
+    /// LLM raw answer (prompt strategies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_output: Option<String>,
+    /// LLM tokens in / out and cost (prompt strategies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageBody>,
+}
+
+/// LLM usage for one clause.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBody {
+    /// Prompt tokens.
+    pub input_tokens: u32,
+    /// Generated tokens.
+    pub output_tokens: u32,
+    /// Estimated cost in US dollars.
+    pub cost_usd: f64,
+}
+
+/// A classify response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClassifyReply {
+    /// The strategy requested.
+    pub strategy: String,
+    /// One result per text, in order.
+    pub results: Vec<ResultBody>,
+    /// Milliseconds per stage (embed, search, vote, total).
+    pub latency_ms: BTreeMap<String, f64>,
+}
+
+/// Stored clauses for one label in one split.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabelCountBody {
+    /// The label.
+    pub label: String,
+    /// The split.
+    pub split: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// The label set of the index.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabelsReply {
+    /// Distinct labels, sorted.
+    pub labels: Vec<String>,
+    /// Counts per label and split.
+    pub counts: Vec<LabelCountBody>,
+}
+
+/// An error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code: bad_request, unavailable, unimplemented, ...
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// Readiness of the gateway's dependencies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyReply {
+    /// "ready" or "not_ready".
+    pub status: String,
+    /// Per dependency: SERVING or what went wrong.
+    pub checks: BTreeMap<String, String>,
+}
+
+/// An error answered as JSON with a status from the shared code table.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+impl ApiError {
+    fn new(code: ServiceErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status: code.http_status(),
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ServiceErrorCode::BadRequest, message)
+    }
+}
+
+impl From<OrchestratorError> for ApiError {
+    fn from(err: OrchestratorError) -> Self {
+        let code = err.error_code();
+        if code.is_client_visible() {
+            Self::new(code, err.to_string())
+        } else {
+            tracing::error!(error = %err, "internal error");
+            Self::new(code, "internal error")
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "bad_request",
+        };
+        Self {
+            // Malformed JSON and schema mismatches are both the caller's fault: 400.
+            status: if status == StatusCode::UNPROCESSABLE_ENTITY {
+                StatusCode::BAD_REQUEST
+            } else {
+                status
+            },
+            code: code.to_owned(),
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn to_request(body: ClassifyBody) -> Result<ClassifyRequest, ApiError> {
+    let strategy = parse_strategy(&body.strategy).map_err(ApiError::bad_request)?;
+    let options = body.options;
+    let vote = match options.vote.as_deref() {
+        Some(name) => parse_vote(name).map_err(ApiError::bad_request)? as i32,
+        None => 0,
+    };
+    Ok(ClassifyRequest {
+        texts: body.texts,
+        strategy: strategy as i32,
+        knn: Some(KnnOptions {
+            k: options.k,
+            vote,
+            power: options.power,
+            temperature: options.temperature,
+            min_similarity: options.min_similarity,
+            min_confidence: options.min_confidence,
+            ef_search: options.ef_search,
+            splits: options.splits.unwrap_or_default(),
+        }),
+        finetuned: Some(FinetunedOptions {
+            top_k: options.top_k,
+        }),
+        prompt: Some(PromptOptions {
+            k: options.k,
+            max_output_tokens: options.max_output_tokens,
+        }),
+        cascade: Some(CascadeOptions {
+            min_confidence: options.cascade_min_confidence,
+        }),
+    })
+}
+
+fn result_body(result: ClassificationResult) -> ResultBody {
+    let answered_by = Strategy::try_from(result.answered_by).unwrap_or(Strategy::Unspecified);
+    let has_usage = result.input_tokens > 0 || result.output_tokens > 0;
+    ResultBody {
+        label: result.label,
+        confidence: result.confidence,
+        abstained: result.abstained,
+        abstain_reason: (!result.abstain_reason.is_empty()).then_some(result.abstain_reason),
+        alternatives: result
+            .alternatives
+            .into_iter()
+            .map(|a| LabelScoreBody {
+                label: a.label,
+                score: a.score,
+            })
+            .collect(),
+        neighbors: result
+            .neighbors
+            .into_iter()
+            .map(|n| NeighborBody {
+                id: n.id,
+                label: n.label,
+                similarity: n.similarity,
+                text: n.text,
+                split: n.split,
+            })
+            .collect(),
+        answered_by: strategy_name(answered_by).to_owned(),
+        truncated: result.truncated,
+        raw_output: (!result.raw_output.is_empty()).then_some(result.raw_output),
+        usage: has_usage.then_some(UsageBody {
+            input_tokens: result.input_tokens,
+            output_tokens: result.output_tokens,
+            cost_usd: result.cost_usd,
+        }),
+    }
+}
+
+/// Converts a gRPC classify response into the REST body.
+pub fn reply_body(response: ClassifyResponse) -> ClassifyReply {
+    let strategy = Strategy::try_from(response.strategy).unwrap_or(Strategy::Unspecified);
+    ClassifyReply {
+        strategy: strategy_name(strategy).to_owned(),
+        results: response.results.into_iter().map(result_body).collect(),
+        latency_ms: response
+            .latencies
+            .into_iter()
+            .map(|s| (s.stage, s.ms))
+            .collect(),
+    }
+}
+
+/// Classify clauses with a strategy.
+#[utoipa::path(
+    post,
+    path = "/v1/classify",
+    request_body = ClassifyBody,
+    responses(
+        (status = 200, description = "One result per text", body = ClassifyReply),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "Overloaded", body = ErrorBody),
+        (status = 501, description = "Strategy not available", body = ErrorBody),
+        (status = 503, description = "A dependency is down", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+    )
+)]
+async fn classify(
+    State(orchestrator): State<Arc<Orchestrator>>,
+    body: Result<Json<ClassifyBody>, JsonRejection>,
+) -> Result<Json<ClassifyReply>, ApiError> {
+    let Json(body) = body?;
+    let request = to_request(body)?;
+    let timeout = orchestrator.config().request_timeout();
+    let response = tokio::time::timeout(timeout, orchestrator.classify(request))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ServiceErrorCode::DeadlineExceeded,
+                format!("no answer within {} s", timeout.as_secs()),
+            )
+        })??;
+    Ok(Json(reply_body(response)))
+}
+
+/// List the labels in the index.
+#[utoipa::path(
+    get,
+    path = "/v1/labels",
+    responses(
+        (status = 200, description = "Labels with counts", body = LabelsReply),
+        (status = 503, description = "The retriever is down", body = ErrorBody),
+    )
+)]
+async fn labels(
+    State(orchestrator): State<Arc<Orchestrator>>,
+) -> Result<Json<LabelsReply>, ApiError> {
+    let response = orchestrator.labels().await?;
+    Ok(Json(LabelsReply {
+        labels: response.labels,
+        counts: response
+            .counts
+            .into_iter()
+            .map(|c| LabelCountBody {
+                label: c.label,
+                split: c.split,
+                count: c.count,
+            })
+            .collect(),
+    }))
+}
+
+/// Liveness: the gateway process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the embedder and retriever report SERVING.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "Ready", body = ReadyReply),
+        (status = 503, description = "A dependency is not ready", body = ReadyReply),
+    )
+)]
+async fn readyz(State(orchestrator): State<Arc<Orchestrator>>) -> (StatusCode, Json<ReadyReply>) {
+    let statuses = orchestrator.readiness().await;
+    let ready = statuses.iter().all(|s| s.ready);
+    let reply = ReadyReply {
+        status: if ready { "ready" } else { "not_ready" }.to_owned(),
+        checks: statuses
+            .into_iter()
+            .map(|s| (s.name.to_owned(), s.detail))
+            .collect(),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(reply))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Lextral",
+        description = "Contract-clause classification: kNN over labelled clauses, fine-tuned classifiers and LLM prompting behind one API."
+    ),
+    paths(classify, labels, healthz, readyz),
+    components(schemas(
+        ClassifyBody,
+        ClassifyOptions,
+        ClassifyReply,
+        ResultBody,
+        LabelScoreBody,
+        NeighborBody,
+        UsageBody,
+        LabelsReply,
+        LabelCountBody,
+        ErrorBody,
+        ErrorDetail,
+        ReadyReply
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the gateway.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ServiceErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed".to_owned(),
+        message: "method not allowed on this route".to_owned(),
+    }
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("lextral_http_requests_total", &labels).increment(1);
+    metrics::histogram!("lextral_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The gateway's router.
+pub fn app(orchestrator: Arc<Orchestrator>) -> Router {
+    let body_limit = orchestrator.config().http_body_limit;
+    let spec = openapi();
+    Router::new()
+        .route(
+            "/",
+            get(|| async { Html(include_str!("../web/index.html")) }),
+        )
+        .route(
+            "/docs",
+            get(|| async { Html(include_str!("../web/docs.html")) }),
+        )
+        .route("/openapi.json", get(move || async move { Json(spec) }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/classify", post(classify))
+        .route("/v1/labels", get(labels))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(TraceLayer::new_for_http())
+        .with_state(orchestrator)
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    orchestrator: Arc<Orchestrator>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(orchestrator))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

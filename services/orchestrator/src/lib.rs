@@ -1,0 +1,74 @@
+//! The orchestrator: composes embedder, retriever and classifiers per
+//! strategy, and serves both the gRPC API and the REST/JSON gateway.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod knn;
+pub mod names;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_proto::v1::orchestrator_service_server::OrchestratorServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::OrchestratorConfig;
+pub use error::OrchestratorError;
+pub use grpc::OrchestratorGrpc;
+pub use service::Orchestrator;
+
+/// Adds the orchestrator's gRPC service to `routes`. It is stateless, so it
+/// is SERVING at once; `/readyz` reports its dependencies.
+pub async fn add_to(
+    config: &OrchestratorConfig,
+    routes: &mut GrpcRoutes,
+) -> anyhow::Result<Arc<Orchestrator>> {
+    let orchestrator = Arc::new(Orchestrator::new(config.clone())?);
+    routes.add_service(OrchestratorServiceServer::new(OrchestratorGrpc::new(
+        orchestrator.clone(),
+    )));
+    routes
+        .health()
+        .set_serving::<OrchestratorServiceServer<OrchestratorGrpc>>()
+        .await;
+    Ok(orchestrator)
+}
+
+/// Runs the orchestrator alone: gRPC on `grpc_listener`, REST on
+/// `http_listener`, both stopped by `shutdown`.
+pub async fn run(
+    config: OrchestratorConfig,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting orchestrator");
+    let token = CancellationToken::new();
+    let mut routes = GrpcRoutes::new();
+    let orchestrator = add_to(&config, &mut routes).await?;
+    let stop = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    let http_token = token.clone();
+    let http = tokio::spawn(http::serve(http_listener, orchestrator, async move {
+        http_token.cancelled().await
+    }));
+    let grpc_token = token.clone();
+    serve_grpc(
+        grpc_listener,
+        routes.into_routes(),
+        config.request_timeout(),
+        async move { grpc_token.cancelled().await },
+    )
+    .await?;
+    token.cancel();
+    http.await??;
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! The orchestrator's domain: validate a request, run its strategy through
+//! the downstream services, and shape the answer. gRPC and REST both call it.
+
+use std::time::{Duration, Instant};
+
+use lextral_proto::v1::{
+    embedder_service_client::EmbedderServiceClient,
+    retriever_service_client::RetrieverServiceClient, ClassificationResult, ClassifyRequest,
+    ClassifyResponse, EmbedRequest, IngestRequest, IngestResponse, KnnOptions, LabelCount,
+    LabelScore, LabeledText, LabelsResponse, QueryVector, SearchRequest, StageLatency,
+    StatsRequest, Strategy, UpsertRecord, UpsertRequest, VoteMethod,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+use crate::config::OrchestratorConfig;
+use crate::error::OrchestratorError;
+use crate::knn::{self, Vote};
+use crate::names::{parse_vote, strategy_name};
+
+/// Largest k a kNN request may ask for (the retriever's limit).
+pub const MAX_K: u32 = 100;
+
+/// The readiness of one dependency.
+#[derive(Debug, Clone)]
+pub struct DependencyStatus {
+    /// Dependency name.
+    pub name: &'static str,
+    /// Whether it reports SERVING.
+    pub ready: bool,
+    /// What it said.
+    pub detail: String,
+}
+
+/// Composes the services per strategy.
+pub struct Orchestrator {
+    embedder: EmbedderServiceClient<Channel>,
+    retriever: RetrieverServiceClient<Channel>,
+    embedder_channel: Channel,
+    retriever_channel: Channel,
+    config: OrchestratorConfig,
+    default_vote: VoteMethod,
+}
+
+/// Resolved kNN parameters.
+#[derive(Debug, Clone)]
+struct KnnParams {
+    k: u32,
+    vote: Vote,
+    min_similarity: f32,
+    min_confidence: f32,
+    ef_search: Option<u32>,
+    splits: Vec<String>,
+}
+
+fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    // Lazy: services may start in any order; calls fail UNAVAILABLE until
+    // the peer is up.
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|err| anyhow::anyhow!("bad downstream URL {url:?}: {err}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl Orchestrator {
+    /// Creates clients for the configured downstream services.
+    pub fn new(config: OrchestratorConfig) -> anyhow::Result<Self> {
+        let default_vote = parse_vote(&config.knn_vote).map_err(anyhow::Error::msg)?;
+        let embedder_channel = channel(&config.embedder_url, config.request_timeout())?;
+        let retriever_channel = channel(&config.retriever_url, config.request_timeout())?;
+        Ok(Self {
+            embedder: EmbedderServiceClient::new(embedder_channel.clone())
+                .max_decoding_message_size(64 * 1024 * 1024),
+            retriever: RetrieverServiceClient::new(retriever_channel.clone())
+                .max_decoding_message_size(64 * 1024 * 1024),
+            embedder_channel,
+            retriever_channel,
+            config,
+            default_vote,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OrchestratorConfig {
+        &self.config
+    }
+
+    fn validate_texts(&self, texts: &[String]) -> Result<(), OrchestratorError> {
+        if texts.is_empty() {
+            return Err(OrchestratorError::InvalidArgument(
+                "texts must not be empty".into(),
+            ));
+        }
+        if texts.len() > self.config.max_texts {
+            return Err(OrchestratorError::InvalidArgument(format!(
+                "{} texts in one request; the limit is {}",
+                texts.len(),
+                self.config.max_texts
+            )));
+        }
+        for (index, text) in texts.iter().enumerate() {
+            if text.trim().is_empty() {
+                return Err(OrchestratorError::InvalidArgument(format!(
+                    "text {index} is empty"
+                )));
+            }
+            if text.len() > self.config.max_text_bytes {
+                return Err(OrchestratorError::InvalidArgument(format!(
+                    "text {index} is {} bytes; the limit is {}",
+                    text.len(),
+                    self.config.max_text_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn knn_params(&self, options: Option<KnnOptions>) -> Result<KnnParams, OrchestratorError> {
+        let options = options.unwrap_or_default();
+        let bad = |message: String| Err(OrchestratorError::InvalidArgument(message));
+        let k = options.k.unwrap_or(self.config.knn_k);
+        if k == 0 || k > MAX_K {
+            return bad(format!("k must be in 1..={MAX_K}, got {k}"));
+        }
+        let method = match VoteMethod::try_from(options.vote) {
+            Ok(VoteMethod::Unspecified) => self.default_vote,
+            Ok(method) => method,
+            Err(_) => return bad(format!("unknown vote method {}", options.vote)),
+        };
+        let vote = match method {
+            VoteMethod::Weighted | VoteMethod::Unspecified => {
+                let power = options.power.unwrap_or(self.config.knn_power);
+                if !(power.is_finite() && power > 0.0) {
+                    return bad(format!("power must be a positive number, got {power}"));
+                }
+                Vote::Weighted { power }
+            }
+            VoteMethod::Softmax => {
+                let temperature = options.temperature.unwrap_or(self.config.knn_temperature);
+                if !(temperature.is_finite() && temperature > 0.0) {
+                    return bad(format!(
+                        "temperature must be a positive number, got {temperature}"
+                    ));
+                }
+                Vote::Softmax { temperature }
+            }
+            VoteMethod::Majority => Vote::Majority,
+        };
+        let min_similarity = options
+            .min_similarity
+            .unwrap_or(self.config.knn_min_similarity);
+        if !(-1.0..=1.0).contains(&min_similarity) {
+            return bad(format!(
+                "min_similarity must be in [-1, 1], got {min_similarity}"
+            ));
+        }
+        let min_confidence = options
+            .min_confidence
+            .unwrap_or(self.config.knn_min_confidence);
+        if !(0.0..=1.0).contains(&min_confidence) {
+            return bad(format!(
+                "min_confidence must be in [0, 1], got {min_confidence}"
+            ));
+        }
+        if let Some(ef) = options.ef_search {
+            if !(1..=1000).contains(&ef) {
+                return bad(format!("ef_search must be in 1..=1000, got {ef}"));
+            }
+        }
+        Ok(KnnParams {
+            k,
+            vote,
+            min_similarity,
+            min_confidence,
+            ef_search: options.ef_search,
+            splits: options.splits,
+        })
+    }
+
+    /// Classifies a batch of clauses.
+    pub async fn classify(
+        &self,
+        request: ClassifyRequest,
+    ) -> Result<ClassifyResponse, OrchestratorError> {
+        let strategy = Strategy::try_from(request.strategy).map_err(|_| {
+            OrchestratorError::InvalidArgument(format!("unknown strategy {}", request.strategy))
+        })?;
+        self.validate_texts(&request.texts)?;
+        let started = Instant::now();
+        let mut response = match strategy {
+            Strategy::Unspecified => {
+                return Err(OrchestratorError::InvalidArgument(
+                    "strategy must be set (knn, finetuned, cascade, rag, zero-shot)".into(),
+                ))
+            }
+            Strategy::Knn => {
+                let params = self.knn_params(request.knn)?;
+                self.classify_knn(request.texts, &params).await?
+            }
+            Strategy::Finetuned | Strategy::Cascade | Strategy::Rag | Strategy::ZeroShot => {
+                return Err(OrchestratorError::Unimplemented(format!(
+                    "strategy {} is not available in this deployment yet",
+                    strategy_name(strategy)
+                )))
+            }
+        };
+        response.strategy = strategy as i32;
+        response.latencies.push(stage("total", started.elapsed()));
+        metrics::counter!("lextral_classified_total", "strategy" => strategy_name(strategy))
+            .increment(response.results.len() as u64);
+        metrics::histogram!("lextral_classify_duration_seconds", "strategy" => strategy_name(strategy))
+            .record(started.elapsed().as_secs_f64());
+        Ok(response)
+    }
+
+    async fn embed(
+        &self,
+        texts: Vec<String>,
+    ) -> Result<Vec<lextral_proto::v1::Embedding>, OrchestratorError> {
+        let count = texts.len();
+        let embeddings = self
+            .embedder
+            .clone()
+            .embed(EmbedRequest {
+                texts,
+                normalize: Some(true),
+            })
+            .await
+            .map_err(OrchestratorError::downstream("embedder"))?
+            .into_inner()
+            .embeddings;
+        if embeddings.len() != count {
+            return Err(OrchestratorError::Internal(format!(
+                "embedder returned {} vectors for {count} texts",
+                embeddings.len()
+            )));
+        }
+        Ok(embeddings)
+    }
+
+    async fn classify_knn(
+        &self,
+        texts: Vec<String>,
+        params: &KnnParams,
+    ) -> Result<ClassifyResponse, OrchestratorError> {
+        let count = texts.len();
+        let started = Instant::now();
+        let embeddings = self.embed(texts).await?;
+        let embed_time = started.elapsed();
+
+        let started = Instant::now();
+        let truncated: Vec<bool> = embeddings.iter().map(|e| e.truncated).collect();
+        let search = self
+            .retriever
+            .clone()
+            .search(SearchRequest {
+                queries: embeddings
+                    .into_iter()
+                    .map(|e| QueryVector { values: e.values })
+                    .collect(),
+                k: params.k,
+                min_similarity: Some(params.min_similarity),
+                splits: params.splits.clone(),
+                labels: Vec::new(),
+                ef_search: params.ef_search,
+            })
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner();
+        let search_time = started.elapsed();
+        if search.results.len() != count {
+            return Err(OrchestratorError::Internal(format!(
+                "retriever returned {} results for {count} queries",
+                search.results.len()
+            )));
+        }
+
+        let started = Instant::now();
+        let results = search
+            .results
+            .into_iter()
+            .zip(truncated)
+            .map(|(result, truncated)| {
+                let votes: Vec<(&str, f32)> = result
+                    .neighbors
+                    .iter()
+                    .map(|n| (n.label.as_str(), n.similarity))
+                    .collect();
+                let outcome = knn::vote(&votes, params.vote, params.min_confidence);
+                ClassificationResult {
+                    label: outcome.label.unwrap_or_default(),
+                    confidence: outcome.confidence,
+                    abstained: outcome.abstain_reason.is_some(),
+                    abstain_reason: outcome.abstain_reason.unwrap_or_default(),
+                    alternatives: outcome
+                        .ranking
+                        .into_iter()
+                        .take(5)
+                        .map(|(label, score)| LabelScore { label, score })
+                        .collect(),
+                    neighbors: result.neighbors,
+                    answered_by: Strategy::Knn as i32,
+                    truncated,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(ClassifyResponse {
+            results,
+            latencies: vec![
+                stage("embed", embed_time),
+                stage("search", search_time),
+                stage("vote", started.elapsed()),
+            ],
+            strategy: Strategy::Knn as i32,
+        })
+    }
+
+    /// The labels in the index with their counts.
+    pub async fn labels(&self) -> Result<LabelsResponse, OrchestratorError> {
+        let stats = self
+            .retriever
+            .clone()
+            .stats(StatsRequest {})
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner();
+        let mut labels: Vec<String> = stats.labels.iter().map(|c| c.label.clone()).collect();
+        labels.sort();
+        labels.dedup();
+        let counts: Vec<LabelCount> = stats.labels;
+        Ok(LabelsResponse { labels, counts })
+    }
+
+    /// Embeds and stores labelled clauses.
+    pub async fn ingest(
+        &self,
+        request: IngestRequest,
+    ) -> Result<IngestResponse, OrchestratorError> {
+        let IngestRequest { items } = request;
+        if items.is_empty() {
+            return Err(OrchestratorError::InvalidArgument(
+                "items must not be empty".into(),
+            ));
+        }
+        let texts: Vec<String> = items.iter().map(|item| item.text.clone()).collect();
+        self.validate_texts(&texts)?;
+        if let Some(index) = items.iter().position(|item| item.label.trim().is_empty()) {
+            return Err(OrchestratorError::InvalidArgument(format!(
+                "item {index} has an empty label"
+            )));
+        }
+        let embeddings = self.embed(texts).await?;
+        let truncated = embeddings.iter().filter(|e| e.truncated).count() as u32;
+        let records = items
+            .into_iter()
+            .zip(embeddings)
+            .map(
+                |(LabeledText { text, label, split }, embedding)| UpsertRecord {
+                    text,
+                    label,
+                    split,
+                    embedding: embedding.values,
+                },
+            )
+            .collect();
+        let outcome = self
+            .retriever
+            .clone()
+            .upsert(UpsertRequest { records })
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner();
+        Ok(IngestResponse {
+            inserted: outcome.inserted,
+            updated: outcome.updated,
+            unchanged: outcome.unchanged,
+            truncated,
+        })
+    }
+
+    /// Asks each dependency's gRPC health service whether it is SERVING.
+    pub async fn readiness(&self) -> Vec<DependencyStatus> {
+        let checks = [
+            (
+                "embedder",
+                "lextral.v1.EmbedderService",
+                self.embedder_channel.clone(),
+            ),
+            (
+                "retriever",
+                "lextral.v1.RetrieverService",
+                self.retriever_channel.clone(),
+            ),
+        ];
+        let futures = checks
+            .into_iter()
+            .map(|(name, service, channel)| async move {
+                let mut client = HealthClient::new(channel);
+                let mut request = tonic::Request::new(HealthCheckRequest {
+                    service: service.to_owned(),
+                });
+                request.set_timeout(Duration::from_secs(2));
+                match client.check(request).await {
+                    Ok(response) => {
+                        let status = response.into_inner().status();
+                        DependencyStatus {
+                            name,
+                            ready: status == ServingStatus::Serving,
+                            detail: status.as_str_name().to_owned(),
+                        }
+                    }
+                    Err(status) => DependencyStatus {
+                        name,
+                        ready: false,
+                        detail: status.message().to_owned(),
+                    },
+                }
+            });
+        futures::future::join_all(futures).await
+    }
+}
+
+fn stage(name: &str, elapsed: Duration) -> StageLatency {
+    StageLatency {
+        stage: name.to_owned(),
+        ms: elapsed.as_secs_f64() * 1000.0,
+    }
+}

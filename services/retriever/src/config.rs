@@ -1,0 +1,106 @@
+//! Retriever configuration: flags with `LEXTRAL_*` environment equivalents.
+
+use std::fmt;
+use std::time::Duration;
+
+use lextral_common::telemetry::redact_url;
+
+/// Retriever settings.
+#[derive(clap::Args, Clone)]
+pub struct RetrieverConfig {
+    /// PostgreSQL connection URL (the database needs the pgvector extension
+    /// available; `scripts/dev-db.sh start` prints one for a local server).
+    #[arg(long = "database-url", env = "LEXTRAL_DATABASE_URL")]
+    pub database_url: String,
+
+    /// Embedding dimension stored; must match the embedder's model.
+    #[arg(long = "dimension", env = "LEXTRAL_DIMENSION", default_value_t = 384)]
+    pub dimension: usize,
+
+    /// Maximum pooled database connections.
+    #[arg(
+        long = "db-pool-size",
+        env = "LEXTRAL_DB_POOL_SIZE",
+        default_value_t = 16
+    )]
+    pub pool_size: usize,
+
+    /// Seconds to wait for a connection before answering UNAVAILABLE.
+    #[arg(
+        long = "db-connect-timeout-s",
+        env = "LEXTRAL_DB_CONNECT_TIMEOUT_S",
+        default_value_t = 5
+    )]
+    pub connect_timeout_s: u64,
+
+    /// HNSW graph degree (pgvector `m`), used when the index is created.
+    #[arg(long = "hnsw-m", env = "LEXTRAL_HNSW_M", default_value_t = 16)]
+    pub hnsw_m: u32,
+
+    /// HNSW build breadth (pgvector `ef_construction`), used when the index is created.
+    #[arg(
+        long = "hnsw-ef-construction",
+        env = "LEXTRAL_HNSW_EF_CONSTRUCTION",
+        default_value_t = 64
+    )]
+    pub hnsw_ef_construction: u32,
+
+    /// Default HNSW search breadth (`hnsw.ef_search`); requests may override it.
+    #[arg(long = "ef-search", env = "LEXTRAL_EF_SEARCH", default_value_t = 100)]
+    pub ef_search: u32,
+
+    /// Seconds between database health checks.
+    #[arg(
+        long = "db-health-interval-s",
+        env = "LEXTRAL_DB_HEALTH_INTERVAL_S",
+        default_value_t = 2
+    )]
+    pub health_interval_s: u64,
+
+    /// Per-call deadline in seconds.
+    #[arg(
+        long = "retriever-timeout-s",
+        env = "LEXTRAL_RETRIEVER_TIMEOUT_S",
+        default_value_t = 60
+    )]
+    pub timeout_s: u64,
+}
+
+impl RetrieverConfig {
+    /// Defaults for `database_url`, for tests and tools.
+    pub fn with_database_url(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            dimension: 384,
+            pool_size: 16,
+            connect_timeout_s: 5,
+            hnsw_m: 16,
+            hnsw_ef_construction: 64,
+            ef_search: 100,
+            health_interval_s: 2,
+            timeout_s: 60,
+        }
+    }
+
+    /// Connection wait bound.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_s.max(1))
+    }
+}
+
+// Hand-written so the database password never reaches the logs.
+impl fmt::Debug for RetrieverConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetrieverConfig")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("dimension", &self.dimension)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_s", &self.connect_timeout_s)
+            .field("hnsw_m", &self.hnsw_m)
+            .field("hnsw_ef_construction", &self.hnsw_ef_construction)
+            .field("ef_search", &self.ef_search)
+            .field("health_interval_s", &self.health_interval_s)
+            .field("timeout_s", &self.timeout_s)
+            .finish()
+    }
+}

@@ -1,0 +1,110 @@
+//! The retriever service: labelled clause embeddings in PostgreSQL with
+//! pgvector (HNSW, cosine), served over gRPC.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod migrations;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use health::spawn_health_loop;
+use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_proto::v1::retriever_service_server::RetrieverServiceServer;
+use tokio::net::TcpListener;
+
+pub use config::RetrieverConfig;
+pub use error::StoreError;
+pub use grpc::RetrieverGrpc;
+pub use store::Store;
+
+mod health {
+    use super::*;
+    use tonic_health::server::HealthReporter;
+
+    /// Keeps the schema migrated and health in step with the database: the
+    /// service reports NOT_SERVING while PostgreSQL is unreachable and comes
+    /// back by itself when it returns.
+    pub fn spawn_health_loop(store: Arc<Store>, health: HealthReporter, every: Duration) {
+        tokio::spawn(async move {
+            let mut serving: Option<bool> = None;
+            loop {
+                let ok = match store.ensure_ready().await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        if serving != Some(false) {
+                            tracing::warn!(error = %err, "database not ready");
+                        }
+                        false
+                    }
+                };
+                if serving != Some(ok) {
+                    if ok {
+                        tracing::info!("database ready");
+                        health
+                            .set_serving::<RetrieverServiceServer<RetrieverGrpc>>()
+                            .await;
+                    } else {
+                        health
+                            .set_not_serving::<RetrieverServiceServer<RetrieverGrpc>>()
+                            .await;
+                    }
+                    serving = Some(ok);
+                }
+                metrics::gauge!("lextral_retriever_database_up").set(if ok { 1.0 } else { 0.0 });
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+}
+
+/// Adds the retriever to `routes`. The database may still be down: health
+/// stays NOT_SERVING and calls answer UNAVAILABLE until it is reachable.
+pub async fn add_to(
+    config: &RetrieverConfig,
+    routes: &mut GrpcRoutes,
+) -> anyhow::Result<Arc<Store>> {
+    let health = routes.health();
+    health
+        .set_not_serving::<RetrieverServiceServer<RetrieverGrpc>>()
+        .await;
+    let store = Arc::new(Store::connect(config)?);
+    if let Err(err) = store.ensure_ready().await {
+        // A dimension clash will not heal by waiting: fail the start.
+        if matches!(err, StoreError::DimensionMismatchInIndex { .. }) {
+            return Err(err.into());
+        }
+        tracing::warn!(error = %err, "database not ready yet; will keep trying");
+    }
+    spawn_health_loop(
+        store.clone(),
+        health,
+        Duration::from_secs(config.health_interval_s.max(1)),
+    );
+    routes.add_service(RetrieverServiceServer::new(RetrieverGrpc::new(
+        store.clone(),
+    )));
+    Ok(store)
+}
+
+/// Runs the retriever alone on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: RetrieverConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting retriever");
+    let mut routes = GrpcRoutes::new();
+    add_to(&config, &mut routes).await?;
+    serve_grpc(
+        listener,
+        routes.into_routes(),
+        Duration::from_secs(config.timeout_s),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! The retriever against PostgreSQL: search semantics, delete, and recovery
+//! when the database goes away mid-run.
+
+use std::time::Duration;
+
+use lextral_integration_tests::{
+    fresh_database, fresh_database_on, start_stack, DisposableServer, Stack,
+};
+use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
+use lextral_proto::v1::{
+    DeleteRequest, QueryVector, SearchRequest, StatsRequest, UpsertRecord, UpsertRequest,
+};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn unit(seed: usize) -> Vec<f32> {
+    // Deterministic, distinct unit vectors.
+    let mut v: Vec<f32> = (0..384)
+        .map(|i| (((i * 31 + seed * 17) % 97) as f32 - 48.0) / 48.0)
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+fn record(seed: usize, label: &str, split: &str) -> UpsertRecord {
+    UpsertRecord {
+        text: format!("clause {seed}"),
+        label: label.into(),
+        split: split.into(),
+        embedding: unit(seed),
+    }
+}
+
+#[tokio::test]
+async fn search_filters_thresholds_and_deletes() {
+    let database = fresh_database().await;
+    let stack = start_stack(&database, |_| {}).await;
+    let mut retriever = RetrieverServiceClient::connect(Stack::url(stack.retriever))
+        .await
+        .unwrap();
+    let records: Vec<UpsertRecord> = (0..30)
+        .map(|i| {
+            record(
+                i,
+                if i % 2 == 0 { "Even" } else { "Odd" },
+                if i < 20 { "train" } else { "validation" },
+            )
+        })
+        .collect();
+    let upserted = retriever
+        .upsert(UpsertRequest { records })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(upserted.inserted, 30);
+    assert_eq!(upserted.ids.len(), 30);
+
+    // Relabelling counts as an update; the id stays.
+    let relabelled = retriever
+        .upsert(UpsertRequest {
+            records: vec![record(0, "Odd", "train")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((relabelled.inserted, relabelled.updated), (0, 1));
+    assert_eq!(relabelled.ids[0], upserted.ids[0]);
+
+    let query = |k: u32| SearchRequest {
+        queries: vec![
+            QueryVector { values: unit(4) },
+            QueryVector { values: unit(25) },
+        ],
+        k,
+        ..Default::default()
+    };
+    let results = retriever
+        .search(query(5))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].neighbors.len(), 5);
+    assert_eq!(results[0].neighbors[0].text, "clause 4");
+    assert!(results[0].neighbors[0].similarity > 0.999);
+    assert_eq!(results[1].neighbors[0].text, "clause 25");
+    let sims: Vec<f32> = results[0].neighbors.iter().map(|n| n.similarity).collect();
+    assert!(sims.windows(2).all(|w| w[0] >= w[1]), "{sims:?}");
+
+    let mut filtered = query(10);
+    filtered.splits = vec!["validation".into()];
+    filtered.labels = vec!["Odd".into()];
+    let results = retriever
+        .search(filtered)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(
+        results[0].neighbors.len(),
+        5,
+        "5 odd validation clauses exist"
+    );
+    assert!(results[0]
+        .neighbors
+        .iter()
+        .all(|n| n.split == "validation" && n.label == "Odd"));
+
+    let mut thresholded = query(10);
+    thresholded.min_similarity = Some(0.999);
+    let results = retriever
+        .search(thresholded)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results[0].neighbors.len(), 1);
+
+    let deleted = retriever
+        .delete(DeleteRequest {
+            ids: vec![upserted.ids[1].clone()],
+            splits: vec!["validation".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deleted;
+    assert_eq!(deleted, 11);
+    let stats = retriever.stats(StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.total, 19);
+    assert_eq!(stats.dimension, 384);
+    assert!(stats.labels.iter().all(|c| c.split == "train"));
+    stack.shutdown().await;
+}
+
+async fn health(url: String) -> ServingStatus {
+    let mut client = HealthClient::new(lextral_integration_tests::channel(url).await);
+    client
+        .check(HealthCheckRequest {
+            service: "lextral.v1.RetrieverService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+#[tokio::test]
+async fn database_stopped_mid_run_is_unavailable_then_recovers() {
+    let server = tokio::task::spawn_blocking(DisposableServer::start)
+        .await
+        .unwrap();
+    let database = fresh_database_on(&server.url).await;
+    let stack = start_stack(&database, |_| {}).await;
+    let url = Stack::url(stack.retriever);
+    let mut retriever = RetrieverServiceClient::connect(url.clone()).await.unwrap();
+    retriever
+        .upsert(UpsertRequest {
+            records: (0..5).map(|i| record(i, "A", "train")).collect(),
+        })
+        .await
+        .unwrap();
+    let search = || SearchRequest {
+        queries: vec![QueryVector { values: unit(1) }],
+        k: 3,
+        ..Default::default()
+    };
+    retriever.search(search()).await.unwrap();
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    let status = retriever.search(search()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("database unavailable"),
+        "{}",
+        status.message()
+    );
+    let mut went_down = false;
+    for _ in 0..50 {
+        if health(url.clone()).await == ServingStatus::NotServing {
+            went_down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(went_down, "health never reported NOT_SERVING");
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let mut recovered = None;
+    for _ in 0..50 {
+        match retriever.search(search()).await {
+            Ok(response) => {
+                recovered = Some(response.into_inner());
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recovered = recovered.expect("search never recovered after the database returned");
+    assert_eq!(
+        recovered.results[0].neighbors.len(),
+        3,
+        "data survived the restart"
+    );
+    for _ in 0..50 {
+        if health(url.clone()).await == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(health(url).await, ServingStatus::Serving);
+    stack.shutdown().await;
+    drop(server);
+}

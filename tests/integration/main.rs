@@ -1,0 +1,6 @@
+//! End-to-end tests against a real PostgreSQL + pgvector and the real model.
+
+mod bad_input;
+mod database;
+mod embedder;
+mod end_to_end;

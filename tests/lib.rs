@@ -1,0 +1,304 @@
+//! Test harness: a real PostgreSQL + pgvector (started by
+//! `scripts/dev-db.sh` unless `LEXTRAL_TEST_DATABASE_URL` names one), a fresh
+//! database per test, the real model, and the services on ephemeral ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_embedder::EmbedderConfig;
+use lextral_orchestrator::OrchestratorConfig;
+use lextral_retriever::RetrieverConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `../shared/data` beside the repository (or `LEXTRAL_SHARED_DATA`).
+pub fn shared_data() -> PathBuf {
+    std::env::var_os("LEXTRAL_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("..").join("shared").join("data"))
+}
+
+fn last_line_of(script: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let output = Command::new(repo_root().join("scripts").join(script))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap_or_else(|err| panic!("running scripts/{script}: {err}"));
+    assert!(
+        output.status.success(),
+        "scripts/{script} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The server every test shares; each test then makes its own database.
+pub fn admin_database_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("LEXTRAL_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => last_line_of("dev-db.sh", &["start"], &[]),
+    })
+    .clone()
+}
+
+/// The model directory (`LEXTRAL_EMBED_MODEL`, else the set-up script's cache).
+pub fn model_dir() -> String {
+    static DIR: OnceLock<String> = OnceLock::new();
+    DIR.get_or_init(|| match std::env::var("LEXTRAL_EMBED_MODEL") {
+        Ok(dir) if Path::new(&dir).is_dir() => dir,
+        _ => last_line_of("setup-model.sh", &[], &[]),
+    })
+    .clone()
+}
+
+/// Creates an empty database on the server at `admin_url` and returns its URL.
+pub async fn fresh_database_on(admin_url: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "lextral_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("connecting to the test PostgreSQL");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("creating a test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("URL has a database name");
+    format!("{base}/{name}")
+}
+
+/// A fresh database on the shared test server.
+pub async fn fresh_database() -> String {
+    fresh_database_on(&admin_database_url()).await
+}
+
+/// A second, disposable PostgreSQL server this test may stop and start.
+pub struct DisposableServer {
+    dir: tempfile::TempDir,
+    /// Its connection URL.
+    pub url: String,
+}
+
+impl DisposableServer {
+    /// Starts a server with its own data directory.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("lextral-pg-")
+            .tempdir_in(std::env::temp_dir())
+            .expect("temp dir");
+        // The unprivileged database user must be able to enter it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let url = Self::run(&dir, "start");
+        Self { dir, url }
+    }
+
+    fn run(dir: &tempfile::TempDir, action: &str) -> String {
+        let data = dir.path().join("pg");
+        last_line_of(
+            "dev-db.sh",
+            &[action],
+            &[("LEXTRAL_DEV_DB_DIR", data.to_str().unwrap())],
+        )
+    }
+
+    /// Stops it (fast shutdown: open connections are cut).
+    pub fn stop(&self) {
+        Self::run(&self.dir, "stop");
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&self) -> String {
+        Self::run(&self.dir, "start")
+    }
+}
+
+impl Drop for DisposableServer {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts").join("dev-db.sh"))
+            .arg("stop")
+            .env("LEXTRAL_DEV_DB_DIR", self.dir.path().join("pg"))
+            .output();
+    }
+}
+
+/// Addresses of a running stack.
+pub struct Stack {
+    /// Embedder gRPC.
+    pub embedder: SocketAddr,
+    /// Retriever gRPC.
+    pub retriever: SocketAddr,
+    /// Orchestrator gRPC.
+    pub orchestrator: SocketAddr,
+    /// REST gateway.
+    pub http: SocketAddr,
+    token: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Stack {
+    /// gRPC URL of an address.
+    pub fn url(addr: SocketAddr) -> String {
+        format!("http://{addr}")
+    }
+
+    /// REST URL of a path.
+    pub fn rest(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Stops every server and waits for them to finish draining.
+    pub async fn shutdown(mut self) {
+        self.token.cancel();
+        for task in self.tasks.drain(..) {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("server stops within 10 s after shutdown")
+                .expect("server task did not panic");
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn ephemeral() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding 127.0.0.1:0")
+}
+
+fn spawn_grpc(
+    routes: GrpcRoutes,
+    listener: TcpListener,
+    token: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let token = token.clone();
+    tokio::spawn(async move {
+        serve_grpc(
+            listener,
+            routes.into_routes(),
+            Duration::from_secs(30),
+            async move { token.cancelled().await },
+        )
+        .await
+        .expect("gRPC server failed");
+    })
+}
+
+/// Starts embedder, retriever and orchestrator (with the REST gateway) as
+/// separate servers, as on Kubernetes, against `database_url`.
+pub async fn start_stack(database_url: &str, tweak: impl FnOnce(&mut OrchestratorConfig)) -> Stack {
+    lextral_common::telemetry::init_tracing(false);
+    lextral_common::metrics::prometheus_handle();
+    let token = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let mut routes = GrpcRoutes::new();
+    lextral_embedder::add_to(&EmbedderConfig::with_model(model_dir()), &mut routes)
+        .await
+        .expect("embedder starts");
+    let listener = ephemeral().await;
+    let embedder = listener.local_addr().unwrap();
+    tasks.push(spawn_grpc(routes, listener, &token));
+
+    let mut routes = GrpcRoutes::new();
+    let mut retriever_config = RetrieverConfig::with_database_url(database_url);
+    retriever_config.health_interval_s = 1;
+    retriever_config.connect_timeout_s = 2;
+    lextral_retriever::add_to(&retriever_config, &mut routes)
+        .await
+        .expect("retriever starts");
+    let listener = ephemeral().await;
+    let retriever = listener.local_addr().unwrap();
+    tasks.push(spawn_grpc(routes, listener, &token));
+
+    let mut config = OrchestratorConfig::with_urls(Stack::url(embedder), Stack::url(retriever));
+    tweak(&mut config);
+    let mut routes = GrpcRoutes::new();
+    let orchestrator_service = lextral_orchestrator::add_to(&config, &mut routes)
+        .await
+        .expect("orchestrator starts");
+    let listener = ephemeral().await;
+    let orchestrator = listener.local_addr().unwrap();
+    tasks.push(spawn_grpc(routes, listener, &token));
+
+    let listener = ephemeral().await;
+    let http = listener.local_addr().unwrap();
+    let http_token = token.clone();
+    tasks.push(tokio::spawn(async move {
+        lextral_orchestrator::http::serve(listener, orchestrator_service, async move {
+            http_token.cancelled().await
+        })
+        .await
+        .expect("REST gateway failed");
+    }));
+
+    Stack {
+        embedder,
+        retriever,
+        orchestrator,
+        http,
+        token,
+        tasks,
+    }
+}
+
+/// LEDGAR-lite examples from `../shared/data/ledgar/<split>.jsonl`.
+pub fn ledgar(split: &str, limit: usize) -> Vec<(String, String)> {
+    let path = shared_data().join("ledgar").join(format!("{split}.jsonl"));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    text.lines()
+        .take(limit)
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                value["text"].as_str().unwrap().to_owned(),
+                value["label"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A connected gRPC channel to `url`.
+pub async fn channel(url: String) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(url)
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connecting")
+}
