@@ -185,12 +185,11 @@ pub async fn fetch_ledgar(
                 .with_context(|| format!("downloading {url}"))?
                 .bytes()
                 .await?;
-            let (names, mut part) =
-                read_parquet(bytes).with_context(|| format!("reading {url}"))?;
+            let mut part = read_parquet(bytes).with_context(|| format!("reading {url}"))?;
             if label_names.is_none() {
-                label_names = names;
+                label_names = part.label_names;
             }
-            rows.append(&mut part);
+            rows.append(&mut part.rows);
         }
         let names = label_names
             .as_ref()
@@ -241,10 +240,16 @@ pub fn write_atomically(
     Ok(())
 }
 
+/// What one Hugging Face parquet file holds.
+pub struct ParquetRows {
+    /// ClassLabel names from the `huggingface` metadata, if present.
+    pub label_names: Option<Vec<String>>,
+    /// (text, label id) rows.
+    pub rows: Vec<(String, i64)>,
+}
+
 /// Rows (text, label id) and the ClassLabel names from a Hugging Face parquet file.
-pub fn read_parquet(
-    bytes: bytes::Bytes,
-) -> anyhow::Result<(Option<Vec<String>>, Vec<(String, i64)>)> {
+pub fn read_parquet(bytes: bytes::Bytes) -> anyhow::Result<ParquetRows> {
     let reader = SerializedFileReader::new(bytes)?;
     let names = reader
         .metadata()
@@ -278,7 +283,10 @@ pub fn read_parquet(
             _ => bail!("a row lacks text or label"),
         }
     }
-    Ok((names, rows))
+    Ok(ParquetRows {
+        label_names: names,
+        rows,
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 ];
 
 /// Arbitrary key shared by every retriever for `pg_advisory_xact_lock`.
-const LOCK_KEY: i64 = 0x6c65_7874_7261_6c;
+const LOCK_KEY: i64 = 0x006c_6578_7472_616c;
 
 fn render(template: &str, config: &RetrieverConfig) -> String {
     template
