@@ -77,3 +77,35 @@ async fn vectors_match_sentence_transformers() {
     }
     eprintln!("worst cosine to sentence-transformers: {worst:.6}");
 }
+
+#[tokio::test]
+async fn a_full_queue_answers_resource_exhausted() {
+    use lextral_embedder::{EmbedQueue, EmbedderError};
+
+    let dir = resolve_model_dir(&model_dir()).await.unwrap();
+    let embedder = SentenceEmbedder::load(&dir, "all-MiniLM-L6-v2").unwrap();
+    let queue = std::sync::Arc::new(EmbedQueue::start(embedder, 1, 8192));
+    let long = "The Company shall indemnify the Executive to the fullest extent. ".repeat(30);
+    let calls = (0..12).map(|_| {
+        let queue = queue.clone();
+        let text = long.clone();
+        tokio::spawn(async move { queue.embed(vec![text; 8], None).await })
+    });
+    let results = futures::future::join_all(calls).await;
+    let rejected = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.as_ref().unwrap(),
+                Err(EmbedderError::QueueFull { capacity: 1 })
+            )
+        })
+        .count();
+    let served = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
+    assert!(rejected > 0, "no call was rejected");
+    assert!(served > 0, "no call was served");
+    assert_eq!(rejected + served, 12);
+}

@@ -180,9 +180,9 @@ pub async fn fetch_ledgar(
             let bytes = authorized(client.get(url))
                 .send()
                 .await
-                .with_context(|| format!("downloading {url}"))?
+                .with_context(|| format!("downloading split {split} from {url}"))?
                 .error_for_status()
-                .with_context(|| format!("downloading {url}"))?
+                .with_context(|| format!("downloading split {split} from {url}"))?
                 .bytes()
                 .await?;
             let mut part = read_parquet(bytes).with_context(|| format!("reading {url}"))?;
@@ -291,6 +291,9 @@ pub fn read_parquet(bytes: bytes::Bytes) -> anyhow::Result<ParquetRows> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
     use super::*;
 
     fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -337,5 +340,136 @@ mod tests {
         assert!(err.contains("no examples"), "{err}");
         let err = format!("{:#}", read_split(dir.path(), "missing").unwrap_err());
         assert!(err.contains("split \"missing\" not found"), "{err}");
+    }
+
+    /// Writes a parquet file shaped like the Hub's LEDGAR files: text, label
+    /// id, and ClassLabel names in the `huggingface` metadata.
+    fn ledgar_parquet(rows: &[(&str, i64)], names: &[&str]) -> Vec<u8> {
+        use std::sync::Arc;
+
+        use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+        use parquet::file::metadata::KeyValue;
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use parquet::schema::parser::parse_message_type;
+
+        let schema = Arc::new(
+            parse_message_type(
+                "message schema { REQUIRED BYTE_ARRAY text (UTF8); REQUIRED INT64 label; }",
+            )
+            .unwrap(),
+        );
+        let metadata = serde_json::json!({
+            "info": { "features": {
+                "text": { "dtype": "string", "_type": "Value" },
+                "label": { "names": names, "_type": "ClassLabel" }
+            } }
+        });
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .set_key_value_metadata(Some(vec![KeyValue::new(
+                    "huggingface".to_owned(),
+                    metadata.to_string(),
+                )]))
+                .build(),
+        );
+        let mut buffer = Vec::new();
+        let mut writer = SerializedFileWriter::new(&mut buffer, schema, props).unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let mut column = group.next_column().unwrap().unwrap();
+        let texts: Vec<ByteArray> = rows.iter().map(|(t, _)| ByteArray::from(*t)).collect();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&texts, None, None)
+            .unwrap();
+        column.close().unwrap();
+        let mut column = group.next_column().unwrap().unwrap();
+        let labels: Vec<i64> = rows.iter().map(|(_, l)| *l).collect();
+        column
+            .typed::<Int64Type>()
+            .write_batch(&labels, None, None)
+            .unwrap();
+        column.close().unwrap();
+        group.close().unwrap();
+        writer.close().unwrap();
+        buffer
+    }
+
+    #[tokio::test]
+    async fn fetches_ledgar_from_a_hub_speaking_the_parquet_api() {
+        use axum::extract::{Path as UrlPath, State};
+        use axum::routing::get;
+
+        let names = ["Amendments", "Governing Laws", "Notices"];
+        let train = ledgar_parquet(
+            &[
+                ("This Agreement may be amended in writing.", 0),
+                ("Laws of New York.", 1),
+            ],
+            &names,
+        );
+        let validation = ledgar_parquet(&[("Notices by mail.", 2)], &names);
+        let files = Arc::new(HashMap::from([
+            ("train".to_owned(), train),
+            ("validation".to_owned(), validation),
+        ]));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let list_base = base.clone();
+        let app = axum::Router::new()
+            .route(
+                "/api/datasets/coastalcph/lex_glue/parquet/ledgar/{split}",
+                get(move |UrlPath(split): UrlPath<String>| {
+                    let base = list_base.clone();
+                    async move { axum::Json(vec![format!("{base}/files/{split}/0000.parquet")]) }
+                }),
+            )
+            .route(
+                "/files/{split}/0000.parquet",
+                get(
+                    |State(files): State<Arc<HashMap<String, Vec<u8>>>>,
+                     UrlPath(split): UrlPath<String>| async move {
+                        files
+                            .get(&split)
+                            .cloned()
+                            .ok_or(axum::http::StatusCode::NOT_FOUND)
+                    },
+                ),
+            )
+            .with_state(files);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let out = tempfile::tempdir().unwrap();
+        let source = HubSource {
+            endpoint: base,
+            dataset: "coastalcph/lex_glue".into(),
+            config: "ledgar".into(),
+            token: None,
+        };
+        let splits = vec!["train".to_owned(), "validation".to_owned()];
+        let written = fetch_ledgar(&source, &splits, out.path()).await.unwrap();
+        assert_eq!(
+            written,
+            vec![("train".to_owned(), 2), ("validation".to_owned(), 1)]
+        );
+        assert_eq!(
+            read_labels(out.path()).unwrap().unwrap(),
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>()
+        );
+        let train = read_split(out.path(), "train").unwrap();
+        assert_eq!(train[1].label, "Governing Laws");
+        assert_eq!(train[1].text, "Laws of New York.");
+        assert_eq!(
+            read_split(out.path(), "validation").unwrap()[0].label,
+            "Notices"
+        );
+
+        // A split the Hub does not have is a clear error, and no file is left.
+        let err = fetch_ledgar(&source, &["test".to_owned()], out.path())
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("split test"), "{err:#}");
+        assert!(!out.path().join("test.jsonl").exists());
     }
 }

@@ -124,3 +124,14 @@ fn main() -> anyhow::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        // Catches clashing flag names between the flattened service configs.
+        super::Cli::command().debug_assert();
+    }
+}

@@ -9,11 +9,12 @@ pub struct EmbedderConfig {
     /// tokenizer.json, model.safetensors, sentence-transformers configs) or a
     /// Hub model id downloaded when online. Defaults to the set-up script's
     /// cache, else sentence-transformers/all-MiniLM-L6-v2 from the Hub.
-    #[arg(long = "embed-model", env = "LEXTRAL_EMBED_MODEL", default_value_t = default_model())]
+    #[arg(id = "embed-model", long = "embed-model", env = "LEXTRAL_EMBED_MODEL", default_value_t = default_model())]
     pub model: String,
 
     /// Tokens (padded length x texts) packed into one forward pass.
     #[arg(
+        id = "embed-max-batch-tokens",
         long = "embed-max-batch-tokens",
         env = "LEXTRAL_EMBED_MAX_BATCH_TOKENS",
         default_value_t = 8192
@@ -23,6 +24,7 @@ pub struct EmbedderConfig {
     /// Requests that may wait for the model; beyond it calls fail fast with
     /// RESOURCE_EXHAUSTED.
     #[arg(
+        id = "embed-queue-capacity",
         long = "embed-queue-capacity",
         env = "LEXTRAL_EMBED_QUEUE_CAPACITY",
         default_value_t = 256
@@ -31,6 +33,7 @@ pub struct EmbedderConfig {
 
     /// Texts accepted in one Embed call.
     #[arg(
+        id = "embed-max-texts",
         long = "embed-max-texts",
         env = "LEXTRAL_EMBED_MAX_TEXTS",
         default_value_t = 1024
@@ -40,6 +43,7 @@ pub struct EmbedderConfig {
     /// Bytes accepted per text; longer texts are rejected rather than
     /// tokenised (the model only reads the first 256 tokens anyway).
     #[arg(
+        id = "embed-max-text-bytes",
         long = "embed-max-text-bytes",
         env = "LEXTRAL_EMBED_MAX_TEXT_BYTES",
         default_value_t = 100_000
@@ -48,6 +52,7 @@ pub struct EmbedderConfig {
 
     /// Per-call deadline in seconds.
     #[arg(
+        id = "embed-timeout-s",
         long = "embed-timeout-s",
         env = "LEXTRAL_EMBED_TIMEOUT_S",
         default_value_t = 60

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub struct OrchestratorConfig {
     /// Embedder gRPC URL. `serve all` points it at its own gRPC port.
     #[arg(
+        id = "embedder-url",
         long = "embedder-url",
         env = "LEXTRAL_EMBEDDER_URL",
         default_value = "http://127.0.0.1:50052"
@@ -15,6 +16,7 @@ pub struct OrchestratorConfig {
 
     /// Retriever gRPC URL. `serve all` points it at its own gRPC port.
     #[arg(
+        id = "retriever-url",
         long = "retriever-url",
         env = "LEXTRAL_RETRIEVER_URL",
         default_value = "http://127.0.0.1:50053"
@@ -22,11 +24,17 @@ pub struct OrchestratorConfig {
     pub retriever_url: String,
 
     /// Default neighbours for kNN.
-    #[arg(long = "knn-k", env = "LEXTRAL_KNN_K", default_value_t = 10)]
+    #[arg(
+        id = "knn-k",
+        long = "knn-k",
+        env = "LEXTRAL_KNN_K",
+        default_value_t = 10
+    )]
     pub knn_k: u32,
 
     /// Default kNN vote: weighted, softmax or majority.
     #[arg(
+        id = "knn-vote",
         long = "knn-vote",
         env = "LEXTRAL_KNN_VOTE",
         default_value = "weighted"
@@ -34,11 +42,17 @@ pub struct OrchestratorConfig {
     pub knn_vote: String,
 
     /// Default exponent for weighted votes.
-    #[arg(long = "knn-power", env = "LEXTRAL_KNN_POWER", default_value_t = 4.0)]
+    #[arg(
+        id = "knn-power",
+        long = "knn-power",
+        env = "LEXTRAL_KNN_POWER",
+        default_value_t = 4.0
+    )]
     pub knn_power: f32,
 
     /// Default temperature for softmax votes.
     #[arg(
+        id = "knn-temperature",
         long = "knn-temperature",
         env = "LEXTRAL_KNN_TEMPERATURE",
         default_value_t = 0.05
@@ -47,6 +61,7 @@ pub struct OrchestratorConfig {
 
     /// Default similarity floor for voting neighbours.
     #[arg(
+        id = "knn-min-similarity",
         long = "knn-min-similarity",
         env = "LEXTRAL_KNN_MIN_SIMILARITY",
         default_value_t = 0.0
@@ -55,6 +70,7 @@ pub struct OrchestratorConfig {
 
     /// Default confidence floor; below it kNN abstains. 0 never abstains.
     #[arg(
+        id = "knn-min-confidence",
         long = "knn-min-confidence",
         env = "LEXTRAL_KNN_MIN_CONFIDENCE",
         default_value_t = 0.0
@@ -62,11 +78,17 @@ pub struct OrchestratorConfig {
     pub knn_min_confidence: f32,
 
     /// Texts accepted in one classify call.
-    #[arg(long = "max-texts", env = "LEXTRAL_MAX_TEXTS", default_value_t = 256)]
+    #[arg(
+        id = "max-texts",
+        long = "max-texts",
+        env = "LEXTRAL_MAX_TEXTS",
+        default_value_t = 256
+    )]
     pub max_texts: usize,
 
     /// Bytes accepted per text.
     #[arg(
+        id = "max-text-bytes",
         long = "max-text-bytes",
         env = "LEXTRAL_MAX_TEXT_BYTES",
         default_value_t = 100_000
@@ -74,11 +96,12 @@ pub struct OrchestratorConfig {
     pub max_text_bytes: usize,
 
     /// Largest REST request body in bytes.
-    #[arg(long = "http-body-limit", env = "LEXTRAL_HTTP_BODY_LIMIT", default_value_t = 8 * 1024 * 1024)]
+    #[arg(id = "http-body-limit", long = "http-body-limit", env = "LEXTRAL_HTTP_BODY_LIMIT", default_value_t = 8 * 1024 * 1024)]
     pub http_body_limit: usize,
 
     /// Deadline in seconds for a whole request, downstream calls included.
     #[arg(
+        id = "request-timeout-s",
         long = "request-timeout-s",
         env = "LEXTRAL_REQUEST_TIMEOUT_S",
         default_value_t = 60

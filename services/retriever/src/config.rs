@@ -10,15 +10,25 @@ use lextral_common::telemetry::redact_url;
 pub struct RetrieverConfig {
     /// PostgreSQL connection URL (the database needs the pgvector extension
     /// available; `scripts/dev-db.sh start` prints one for a local server).
-    #[arg(long = "database-url", env = "LEXTRAL_DATABASE_URL")]
+    #[arg(
+        id = "database-url",
+        long = "database-url",
+        env = "LEXTRAL_DATABASE_URL"
+    )]
     pub database_url: String,
 
     /// Embedding dimension stored; must match the embedder's model.
-    #[arg(long = "dimension", env = "LEXTRAL_DIMENSION", default_value_t = 384)]
+    #[arg(
+        id = "dimension",
+        long = "dimension",
+        env = "LEXTRAL_DIMENSION",
+        default_value_t = 384
+    )]
     pub dimension: usize,
 
     /// Maximum pooled database connections.
     #[arg(
+        id = "db-pool-size",
         long = "db-pool-size",
         env = "LEXTRAL_DB_POOL_SIZE",
         default_value_t = 16
@@ -27,6 +37,7 @@ pub struct RetrieverConfig {
 
     /// Seconds to wait for a connection before answering UNAVAILABLE.
     #[arg(
+        id = "db-connect-timeout-s",
         long = "db-connect-timeout-s",
         env = "LEXTRAL_DB_CONNECT_TIMEOUT_S",
         default_value_t = 5
@@ -34,11 +45,17 @@ pub struct RetrieverConfig {
     pub connect_timeout_s: u64,
 
     /// HNSW graph degree (pgvector `m`), used when the index is created.
-    #[arg(long = "hnsw-m", env = "LEXTRAL_HNSW_M", default_value_t = 16)]
+    #[arg(
+        id = "hnsw-m",
+        long = "hnsw-m",
+        env = "LEXTRAL_HNSW_M",
+        default_value_t = 16
+    )]
     pub hnsw_m: u32,
 
     /// HNSW build breadth (pgvector `ef_construction`), used when the index is created.
     #[arg(
+        id = "hnsw-ef-construction",
         long = "hnsw-ef-construction",
         env = "LEXTRAL_HNSW_EF_CONSTRUCTION",
         default_value_t = 64
@@ -46,11 +63,17 @@ pub struct RetrieverConfig {
     pub hnsw_ef_construction: u32,
 
     /// Default HNSW search breadth (`hnsw.ef_search`); requests may override it.
-    #[arg(long = "ef-search", env = "LEXTRAL_EF_SEARCH", default_value_t = 100)]
+    #[arg(
+        id = "ef-search",
+        long = "ef-search",
+        env = "LEXTRAL_EF_SEARCH",
+        default_value_t = 100
+    )]
     pub ef_search: u32,
 
     /// Seconds between database health checks.
     #[arg(
+        id = "db-health-interval-s",
         long = "db-health-interval-s",
         env = "LEXTRAL_DB_HEALTH_INTERVAL_S",
         default_value_t = 2
@@ -59,6 +82,7 @@ pub struct RetrieverConfig {
 
     /// Per-call deadline in seconds.
     #[arg(
+        id = "retriever-timeout-s",
         long = "retriever-timeout-s",
         env = "LEXTRAL_RETRIEVER_TIMEOUT_S",
         default_value_t = 60

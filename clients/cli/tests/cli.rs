@@ -1,0 +1,227 @@
+//! The `lextral` binary as users and our checks call it: `serve all`,
+//! `index`, `classify --json`, `eval --report`, and shutdown on SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lextral_integration_tests::{admin_database_url, fresh_database, ledgar, model_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lextral");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_data(dir: &Path, train: &[(String, String)], validation: &[(String, String)]) {
+    let mut labels: Vec<&str> = train
+        .iter()
+        .chain(validation)
+        .map(|(_, l)| l.as_str())
+        .collect();
+    labels.sort();
+    labels.dedup();
+    std::fs::write(dir.join("labels.txt"), labels.join("\n") + "\n").unwrap();
+    for (name, rows) in [("train", train), ("validation", validation)] {
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|(text, label)| serde_json::json!({ "text": text, "label": label }).to_string())
+            .collect();
+        std::fs::write(dir.join(format!("{name}.jsonl")), lines.join("\n") + "\n").unwrap();
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lextral(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[tokio::test]
+async fn serve_index_classify_eval_and_stop() {
+    let _ = admin_database_url();
+    let database = fresh_database().await;
+    let (http, grpc) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["serve", "all", "--metrics", ""])
+        .args([
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--grpc",
+            &format!("127.0.0.1:{grpc}"),
+        ])
+        .env("LEXTRAL_DATABASE_URL", &database)
+        .env("LEXTRAL_EMBED_MODEL", model_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let ready = format!("http://127.0.0.1:{http}/readyz");
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = reqwest::get(&ready).await {
+            if response.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "serve all never became ready"
+        );
+        assert!(
+            server.0.try_wait().unwrap().is_none(),
+            "serve all exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let data = tempfile::tempdir().unwrap();
+    let train = ledgar("train", 120);
+    let validation: Vec<(String, String)> = train[..12].to_vec();
+    write_data(data.path(), &train, &validation);
+    let server_url = format!("http://127.0.0.1:{grpc}");
+    let data_dir = data.path().to_str().unwrap();
+
+    let output = lextral(&[
+        "index",
+        "--data",
+        data_dir,
+        "--splits",
+        "train",
+        "--server",
+        &server_url,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("indexed 120 clauses") && stdout.contains("120 new"),
+        "{stdout}"
+    );
+
+    let output = lextral(&[
+        "classify",
+        "--json",
+        "--k",
+        "1",
+        "--server",
+        &server_url,
+        &train[3].0,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(reply["strategy"], "knn");
+    assert_eq!(reply["results"][0]["label"], train[3].1.as_str());
+
+    let output = lextral(&[
+        "classify",
+        "--strategy",
+        "rag",
+        "--server",
+        &server_url,
+        "a clause",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Unimplemented"));
+
+    let report = data.path().join("report.json");
+    let output = lextral(&[
+        "eval",
+        "--data",
+        data_dir,
+        "--split",
+        "validation",
+        "--strategy",
+        "knn",
+        "--k",
+        "1",
+        "--server",
+        &server_url,
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["strategy"], "knn");
+    assert_eq!(report["n"], 12);
+    // Stored clauses find themselves: a perfect score.
+    assert_eq!(report["accuracy"], 1.0);
+    assert_eq!(report["micro_f1"], 1.0);
+    assert_eq!(report["macro_f1"], 1.0);
+    for key in ["p50", "p95", "p99"] {
+        assert!(report["latency_ms"][key].as_f64().unwrap() > 0.0);
+    }
+    assert!(report["throughput_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["per_label"].as_object().unwrap().len() >= 2);
+
+    let output = lextral(&[
+        "eval",
+        "--data",
+        data_dir,
+        "--split",
+        "test",
+        "--server",
+        &server_url,
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("split \"test\" not found"));
+
+    // SIGTERM drains and exits cleanly.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "serve all ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn unknown_strategy_and_missing_database_url_are_clear_errors() {
+    let output = lextral(&["classify", "--strategy", "telepathy", "x"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown strategy"));
+
+    let output = Command::new(BIN)
+        .args(["serve", "retriever"])
+        .env_remove("LEXTRAL_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--database-url"));
+}
