@@ -28,7 +28,7 @@ pub struct OrchestratorConfig {
         id = "knn-k",
         long = "knn-k",
         env = "LEXTRAL_KNN_K",
-        default_value_t = 10
+        default_value_t = 20
     )]
     pub knn_k: u32,
 
@@ -46,7 +46,7 @@ pub struct OrchestratorConfig {
         id = "knn-power",
         long = "knn-power",
         env = "LEXTRAL_KNN_POWER",
-        default_value_t = 4.0
+        default_value_t = 8.0
     )]
     pub knn_power: f32,
 
@@ -115,9 +115,9 @@ impl OrchestratorConfig {
         Self {
             embedder_url: embedder_url.into(),
             retriever_url: retriever_url.into(),
-            knn_k: 10,
+            knn_k: 20,
             knn_vote: "weighted".to_owned(),
-            knn_power: 4.0,
+            knn_power: 8.0,
             knn_temperature: 0.05,
             knn_min_similarity: 0.0,
             knn_min_confidence: 0.0,

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use lextral_common::{ServiceError, ServiceErrorCode};
 use lextral_proto::v1::{
@@ -533,6 +534,12 @@ pub async fn serve(
     orchestrator: Arc<Orchestrator>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Small JSON replies must not wait on Nagle + delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(orchestrator))
         .with_graceful_shutdown(shutdown)
         .await

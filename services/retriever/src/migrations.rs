@@ -10,6 +10,11 @@ use crate::error::StoreError;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "clauses", include_str!("../migrations/0001_clauses.sql")),
     (2, "hnsw", include_str!("../migrations/0002_hnsw.sql")),
+    (
+        3,
+        "plain_vectors",
+        include_str!("../migrations/0003_plain_vectors.sql"),
+    ),
 ];
 
 /// Arbitrary key shared by every retriever for `pg_advisory_xact_lock`.
