@@ -29,8 +29,9 @@ pub struct EvalArgs {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Requests in flight (one clause each).
-    #[arg(long, default_value_t = 4)]
+    /// Requests in flight (one clause each). One gives the honest
+    /// per-clause latency; more measures behaviour under load.
+    #[arg(long, default_value_t = 1)]
     concurrency: usize,
     /// Only the first N clauses.
     #[arg(long)]

@@ -17,7 +17,7 @@ pub struct EmbedderConfig {
         id = "embed-max-batch-tokens",
         long = "embed-max-batch-tokens",
         env = "LEXTRAL_EMBED_MAX_BATCH_TOKENS",
-        default_value_t = 1024
+        default_value_t = 256
     )]
     pub max_batch_tokens: usize,
 
@@ -87,7 +87,7 @@ impl EmbedderConfig {
     pub fn with_model(model: impl Into<String>) -> Self {
         Self {
             model: model.into(),
-            max_batch_tokens: 1024,
+            max_batch_tokens: 256,
             queue_capacity: 256,
             max_texts_per_request: 1024,
             max_text_bytes: 100_000,
