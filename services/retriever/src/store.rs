@@ -203,7 +203,7 @@ impl Store {
             self.config.dimension
         ))
         .await?;
-        let vector_type = tx.prepare("SELECT $1::vector").await?.params()[0].clone();
+        let vector_type = tx.prepare_cached("SELECT $1::vector").await?.params()[0].clone();
         let sink = tx
             .copy_in(
                 "COPY lextral_staging (split, label, text, content_hash, embedding) \
@@ -304,8 +304,9 @@ impl Store {
             settings.push_str("SET LOCAL hnsw.iterative_scan = strict_order;");
         }
         tx.batch_execute(&settings).await?;
+        // Cached per pooled connection: saves a round trip on every search.
         let statement = tx
-            .prepare(
+            .prepare_cached(
                 "SELECT id, split, label, text, (1 - (embedding <=> $1))::real AS similarity
                  FROM lextral_clauses
                  WHERE (cardinality($2::text[]) = 0 OR split = ANY($2))
