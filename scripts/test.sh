@@ -10,7 +10,9 @@ LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -n 1)"
 export LEXTRAL_EMBED_MODEL
 
 started_db=0
+own_db=0
 if [ -z "${LEXTRAL_TEST_DATABASE_URL:-}" ]; then
+  own_db=1
   if ! scripts/dev-db.sh status >/dev/null 2>&1; then
     started_db=1
   fi
@@ -18,6 +20,10 @@ if [ -z "${LEXTRAL_TEST_DATABASE_URL:-}" ]; then
   export LEXTRAL_TEST_DATABASE_URL
 fi
 cleanup() {
+  # Each test makes its own database; drop them so runs do not pile up.
+  if [ "$own_db" = 1 ]; then
+    scripts/dev-db.sh drop-test-databases || true
+  fi
   if [ "$started_db" = 1 ]; then
     scripts/dev-db.sh stop || true
   fi
