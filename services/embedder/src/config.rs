@@ -2,6 +2,13 @@
 
 use std::time::Duration;
 
+// One place per default: the flags and the `with_*` constructors share them.
+const DEFAULT_MAX_BATCH_TOKENS: usize = 256;
+const DEFAULT_QUEUE_CAPACITY: usize = 256;
+const DEFAULT_MAX_TEXTS: usize = 1024;
+const DEFAULT_MAX_TEXT_BYTES: usize = 100_000;
+const DEFAULT_TIMEOUT_S: u64 = 60;
+
 /// Embedder settings.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EmbedderConfig {
@@ -17,7 +24,7 @@ pub struct EmbedderConfig {
         id = "embed-max-batch-tokens",
         long = "embed-max-batch-tokens",
         env = "LEXTRAL_EMBED_MAX_BATCH_TOKENS",
-        default_value_t = 256
+        default_value_t = DEFAULT_MAX_BATCH_TOKENS
     )]
     pub max_batch_tokens: usize,
 
@@ -27,7 +34,7 @@ pub struct EmbedderConfig {
         id = "embed-queue-capacity",
         long = "embed-queue-capacity",
         env = "LEXTRAL_EMBED_QUEUE_CAPACITY",
-        default_value_t = 256
+        default_value_t = DEFAULT_QUEUE_CAPACITY
     )]
     pub queue_capacity: usize,
 
@@ -36,7 +43,7 @@ pub struct EmbedderConfig {
         id = "embed-max-texts",
         long = "embed-max-texts",
         env = "LEXTRAL_EMBED_MAX_TEXTS",
-        default_value_t = 1024
+        default_value_t = DEFAULT_MAX_TEXTS
     )]
     pub max_texts_per_request: usize,
 
@@ -46,7 +53,7 @@ pub struct EmbedderConfig {
         id = "embed-max-text-bytes",
         long = "embed-max-text-bytes",
         env = "LEXTRAL_EMBED_MAX_TEXT_BYTES",
-        default_value_t = 100_000
+        default_value_t = DEFAULT_MAX_TEXT_BYTES
     )]
     pub max_text_bytes: usize,
 
@@ -55,7 +62,7 @@ pub struct EmbedderConfig {
         id = "embed-timeout-s",
         long = "embed-timeout-s",
         env = "LEXTRAL_EMBED_TIMEOUT_S",
-        default_value_t = 60
+        default_value_t = DEFAULT_TIMEOUT_S
     )]
     pub timeout_s: u64,
 }
@@ -87,11 +94,11 @@ impl EmbedderConfig {
     pub fn with_model(model: impl Into<String>) -> Self {
         Self {
             model: model.into(),
-            max_batch_tokens: 256,
-            queue_capacity: 256,
-            max_texts_per_request: 1024,
-            max_text_bytes: 100_000,
-            timeout_s: 60,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_texts_per_request: DEFAULT_MAX_TEXTS,
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            timeout_s: DEFAULT_TIMEOUT_S,
         }
     }
 }

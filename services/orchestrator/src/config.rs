@@ -2,6 +2,18 @@
 
 use std::time::Duration;
 
+// One place per default: the flags and the `with_*` constructors share them.
+const DEFAULT_KNN_K: u32 = 20;
+const DEFAULT_KNN_VOTE: &str = "weighted";
+const DEFAULT_KNN_POWER: f32 = 8.0;
+const DEFAULT_KNN_TEMPERATURE: f32 = 0.05;
+const DEFAULT_KNN_MIN_SIMILARITY: f32 = 0.0;
+const DEFAULT_KNN_MIN_CONFIDENCE: f32 = 0.0;
+const DEFAULT_MAX_TEXTS: usize = 256;
+const DEFAULT_MAX_TEXT_BYTES: usize = 100_000;
+const DEFAULT_HTTP_BODY_LIMIT: usize = 8 * 1024 * 1024;
+const DEFAULT_REQUEST_TIMEOUT_S: u64 = 60;
+
 /// Orchestrator and gateway settings.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -28,7 +40,7 @@ pub struct OrchestratorConfig {
         id = "knn-k",
         long = "knn-k",
         env = "LEXTRAL_KNN_K",
-        default_value_t = 20
+        default_value_t = DEFAULT_KNN_K
     )]
     pub knn_k: u32,
 
@@ -37,7 +49,7 @@ pub struct OrchestratorConfig {
         id = "knn-vote",
         long = "knn-vote",
         env = "LEXTRAL_KNN_VOTE",
-        default_value = "weighted"
+        default_value = DEFAULT_KNN_VOTE
     )]
     pub knn_vote: String,
 
@@ -46,7 +58,7 @@ pub struct OrchestratorConfig {
         id = "knn-power",
         long = "knn-power",
         env = "LEXTRAL_KNN_POWER",
-        default_value_t = 8.0
+        default_value_t = DEFAULT_KNN_POWER
     )]
     pub knn_power: f32,
 
@@ -55,7 +67,7 @@ pub struct OrchestratorConfig {
         id = "knn-temperature",
         long = "knn-temperature",
         env = "LEXTRAL_KNN_TEMPERATURE",
-        default_value_t = 0.05
+        default_value_t = DEFAULT_KNN_TEMPERATURE
     )]
     pub knn_temperature: f32,
 
@@ -64,7 +76,7 @@ pub struct OrchestratorConfig {
         id = "knn-min-similarity",
         long = "knn-min-similarity",
         env = "LEXTRAL_KNN_MIN_SIMILARITY",
-        default_value_t = 0.0
+        default_value_t = DEFAULT_KNN_MIN_SIMILARITY
     )]
     pub knn_min_similarity: f32,
 
@@ -73,7 +85,7 @@ pub struct OrchestratorConfig {
         id = "knn-min-confidence",
         long = "knn-min-confidence",
         env = "LEXTRAL_KNN_MIN_CONFIDENCE",
-        default_value_t = 0.0
+        default_value_t = DEFAULT_KNN_MIN_CONFIDENCE
     )]
     pub knn_min_confidence: f32,
 
@@ -82,7 +94,7 @@ pub struct OrchestratorConfig {
         id = "max-texts",
         long = "max-texts",
         env = "LEXTRAL_MAX_TEXTS",
-        default_value_t = 256
+        default_value_t = DEFAULT_MAX_TEXTS
     )]
     pub max_texts: usize,
 
@@ -91,12 +103,12 @@ pub struct OrchestratorConfig {
         id = "max-text-bytes",
         long = "max-text-bytes",
         env = "LEXTRAL_MAX_TEXT_BYTES",
-        default_value_t = 100_000
+        default_value_t = DEFAULT_MAX_TEXT_BYTES
     )]
     pub max_text_bytes: usize,
 
     /// Largest REST request body in bytes.
-    #[arg(id = "http-body-limit", long = "http-body-limit", env = "LEXTRAL_HTTP_BODY_LIMIT", default_value_t = 8 * 1024 * 1024)]
+    #[arg(id = "http-body-limit", long = "http-body-limit", env = "LEXTRAL_HTTP_BODY_LIMIT", default_value_t = DEFAULT_HTTP_BODY_LIMIT)]
     pub http_body_limit: usize,
 
     /// Deadline in seconds for a whole request, downstream calls included.
@@ -104,7 +116,7 @@ pub struct OrchestratorConfig {
         id = "request-timeout-s",
         long = "request-timeout-s",
         env = "LEXTRAL_REQUEST_TIMEOUT_S",
-        default_value_t = 60
+        default_value_t = DEFAULT_REQUEST_TIMEOUT_S
     )]
     pub request_timeout_s: u64,
 }
@@ -115,16 +127,16 @@ impl OrchestratorConfig {
         Self {
             embedder_url: embedder_url.into(),
             retriever_url: retriever_url.into(),
-            knn_k: 20,
-            knn_vote: "weighted".to_owned(),
-            knn_power: 8.0,
-            knn_temperature: 0.05,
-            knn_min_similarity: 0.0,
-            knn_min_confidence: 0.0,
-            max_texts: 256,
-            max_text_bytes: 100_000,
-            http_body_limit: 8 * 1024 * 1024,
-            request_timeout_s: 60,
+            knn_k: DEFAULT_KNN_K,
+            knn_vote: DEFAULT_KNN_VOTE.to_owned(),
+            knn_power: DEFAULT_KNN_POWER,
+            knn_temperature: DEFAULT_KNN_TEMPERATURE,
+            knn_min_similarity: DEFAULT_KNN_MIN_SIMILARITY,
+            knn_min_confidence: DEFAULT_KNN_MIN_CONFIDENCE,
+            max_texts: DEFAULT_MAX_TEXTS,
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            http_body_limit: DEFAULT_HTTP_BODY_LIMIT,
+            request_timeout_s: DEFAULT_REQUEST_TIMEOUT_S,
         }
     }
 

@@ -5,6 +5,16 @@ use std::time::Duration;
 
 use lextral_common::telemetry::redact_url;
 
+// One place per default: the flags and the `with_*` constructors share them.
+const DEFAULT_DIMENSION: usize = 384;
+const DEFAULT_POOL_SIZE: usize = 16;
+const DEFAULT_CONNECT_TIMEOUT_S: u64 = 5;
+const DEFAULT_HNSW_M: u32 = 16;
+const DEFAULT_HNSW_EF_CONSTRUCTION: u32 = 64;
+const DEFAULT_EF_SEARCH: u32 = 100;
+const DEFAULT_HEALTH_INTERVAL_S: u64 = 2;
+const DEFAULT_TIMEOUT_S: u64 = 60;
+
 /// Retriever settings.
 #[derive(clap::Args, Clone)]
 pub struct RetrieverConfig {
@@ -22,7 +32,7 @@ pub struct RetrieverConfig {
         id = "dimension",
         long = "dimension",
         env = "LEXTRAL_DIMENSION",
-        default_value_t = 384
+        default_value_t = DEFAULT_DIMENSION
     )]
     pub dimension: usize,
 
@@ -31,7 +41,7 @@ pub struct RetrieverConfig {
         id = "db-pool-size",
         long = "db-pool-size",
         env = "LEXTRAL_DB_POOL_SIZE",
-        default_value_t = 16
+        default_value_t = DEFAULT_POOL_SIZE
     )]
     pub pool_size: usize,
 
@@ -40,7 +50,7 @@ pub struct RetrieverConfig {
         id = "db-connect-timeout-s",
         long = "db-connect-timeout-s",
         env = "LEXTRAL_DB_CONNECT_TIMEOUT_S",
-        default_value_t = 5
+        default_value_t = DEFAULT_CONNECT_TIMEOUT_S
     )]
     pub connect_timeout_s: u64,
 
@@ -49,7 +59,7 @@ pub struct RetrieverConfig {
         id = "hnsw-m",
         long = "hnsw-m",
         env = "LEXTRAL_HNSW_M",
-        default_value_t = 16
+        default_value_t = DEFAULT_HNSW_M
     )]
     pub hnsw_m: u32,
 
@@ -58,7 +68,7 @@ pub struct RetrieverConfig {
         id = "hnsw-ef-construction",
         long = "hnsw-ef-construction",
         env = "LEXTRAL_HNSW_EF_CONSTRUCTION",
-        default_value_t = 64
+        default_value_t = DEFAULT_HNSW_EF_CONSTRUCTION
     )]
     pub hnsw_ef_construction: u32,
 
@@ -67,7 +77,7 @@ pub struct RetrieverConfig {
         id = "ef-search",
         long = "ef-search",
         env = "LEXTRAL_EF_SEARCH",
-        default_value_t = 100
+        default_value_t = DEFAULT_EF_SEARCH
     )]
     pub ef_search: u32,
 
@@ -76,7 +86,7 @@ pub struct RetrieverConfig {
         id = "db-health-interval-s",
         long = "db-health-interval-s",
         env = "LEXTRAL_DB_HEALTH_INTERVAL_S",
-        default_value_t = 2
+        default_value_t = DEFAULT_HEALTH_INTERVAL_S
     )]
     pub health_interval_s: u64,
 
@@ -85,7 +95,7 @@ pub struct RetrieverConfig {
         id = "retriever-timeout-s",
         long = "retriever-timeout-s",
         env = "LEXTRAL_RETRIEVER_TIMEOUT_S",
-        default_value_t = 60
+        default_value_t = DEFAULT_TIMEOUT_S
     )]
     pub timeout_s: u64,
 }
@@ -95,14 +105,14 @@ impl RetrieverConfig {
     pub fn with_database_url(database_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
-            dimension: 384,
-            pool_size: 16,
-            connect_timeout_s: 5,
-            hnsw_m: 16,
-            hnsw_ef_construction: 64,
-            ef_search: 100,
-            health_interval_s: 2,
-            timeout_s: 60,
+            dimension: DEFAULT_DIMENSION,
+            pool_size: DEFAULT_POOL_SIZE,
+            connect_timeout_s: DEFAULT_CONNECT_TIMEOUT_S,
+            hnsw_m: DEFAULT_HNSW_M,
+            hnsw_ef_construction: DEFAULT_HNSW_EF_CONSTRUCTION,
+            ef_search: DEFAULT_EF_SEARCH,
+            health_interval_s: DEFAULT_HEALTH_INTERVAL_S,
+            timeout_s: DEFAULT_TIMEOUT_S,
         }
     }
 

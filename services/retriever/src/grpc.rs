@@ -73,7 +73,7 @@ impl RetrieverService for RetrieverGrpc {
         };
         let results = self
             .store
-            .search(&queries, &params)
+            .search(queries, &params)
             .await
             .map_err(into_status)?;
         Ok(Response::new(SearchResponse {

@@ -215,9 +215,10 @@ impl Store {
             &[Type::TEXT, Type::TEXT, Type::TEXT, Type::BYTEA, vector_type],
         );
         pin_mut!(writer);
-        for (record, hash) in records.iter().zip(&hashes) {
+        let count = records.len();
+        for (record, hash) in records.into_iter().zip(&hashes) {
             let split = split_or_default(&record.split);
-            let vector = Vector::from(record.embedding.clone());
+            let vector = Vector::from(record.embedding);
             let row: [&(dyn ToSql + Sync); 5] =
                 [&split, &record.label, &record.text, hash, &vector];
             writer.as_mut().write(&row).await?;
@@ -261,7 +262,7 @@ impl Store {
                     .ok_or_else(|| StoreError::Database("upserted row not found".into()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        metrics::counter!("lextral_retriever_upserted_total").increment(records.len() as u64);
+        metrics::counter!("lextral_retriever_upserted_total").increment(count as u64);
         Ok(UpsertOutcome {
             inserted,
             updated,
@@ -273,7 +274,7 @@ impl Store {
     /// Finds the nearest clauses for each query, most similar first.
     pub async fn search(
         &self,
-        queries: &[Vec<f32>],
+        queries: Vec<Vec<f32>>,
         params: &SearchParams,
     ) -> Result<Vec<Vec<Hit>>, StoreError> {
         if queries.is_empty() {
@@ -316,7 +317,7 @@ impl Store {
             )
             .await?;
         let limit = i64::from(params.k);
-        let vectors: Vec<Vector> = queries.iter().map(|q| Vector::from(q.clone())).collect();
+        let vectors: Vec<Vector> = queries.into_iter().map(Vector::from).collect();
         // Queries on one connection are pipelined by tokio-postgres.
         let arguments: Vec<[&(dyn ToSql + Sync); 4]> = vectors
             .iter()
