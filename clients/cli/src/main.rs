@@ -7,6 +7,7 @@ mod eval;
 mod index;
 mod metrics;
 mod serve;
+mod train;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,8 @@ enum Command {
     Classify(client::ClassifyArgs),
     /// Classify every clause of a split and report quality and latency.
     Eval(eval::EvalArgs),
+    /// Train a classifier (served by the finetuned-classifier service).
+    Train(train::TrainArgs),
     /// Data sets.
     Data {
         #[command(subcommand)]
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             Command::Index(args) => index::run(args).await,
             Command::Classify(args) => client::classify(args).await,
             Command::Eval(args) => eval::run(args).await,
+            Command::Train(args) => train::run(args).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Data {
                 command:

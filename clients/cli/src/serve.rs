@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use lextral_common::server::{bind, serve_grpc, GrpcRoutes};
 use lextral_common::shutdown::shutdown_token;
 use lextral_embedder::EmbedderConfig;
+use lextral_finetuned_classifier::FinetunedConfig;
 use lextral_orchestrator::OrchestratorConfig;
 use lextral_retriever::RetrieverConfig;
 use tokio_util::sync::CancellationToken;
@@ -16,13 +17,15 @@ use tokio_util::sync::CancellationToken;
 #[derive(Subcommand)]
 pub enum Target {
     /// Every built service and the REST gateway in one process.
-    All(AllArgs),
+    All(Box<AllArgs>),
     /// The embedder alone.
     Embedder(EmbedderArgs),
     /// The retriever alone.
     Retriever(RetrieverArgs),
     /// The orchestrator and REST gateway alone.
     Orchestrator(OrchestratorArgs),
+    /// The fine-tuned classifier alone.
+    FinetunedClassifier(FinetunedArgs),
 }
 
 /// Prometheus endpoint flag shared by all targets.
@@ -43,7 +46,7 @@ pub struct AllArgs {
     /// REST gateway address.
     #[arg(long, env = "LEXTRAL_HTTP", default_value = "127.0.0.1:8080")]
     http: String,
-    /// gRPC address for every service (orchestrator, embedder, retriever).
+    /// gRPC address for every service (orchestrator, embedder, retriever, finetuned-classifier).
     #[arg(long, env = "LEXTRAL_GRPC", default_value = "127.0.0.1:50051")]
     grpc: String,
     #[command(flatten)]
@@ -52,6 +55,9 @@ pub struct AllArgs {
     embedder: EmbedderConfig,
     #[command(flatten)]
     retriever: RetrieverConfig,
+    /// Fine-tuned classifier settings; its embedder URL is ignored.
+    #[command(flatten)]
+    finetuned: FinetunedConfig,
     /// Orchestrator settings; its downstream URLs are ignored, since every
     /// service is in this process.
     #[command(flatten)]
@@ -80,6 +86,18 @@ pub struct RetrieverArgs {
     metrics: MetricsArgs,
     #[command(flatten)]
     config: RetrieverConfig,
+}
+
+/// `serve finetuned-classifier`.
+#[derive(Args)]
+pub struct FinetunedArgs {
+    /// gRPC address.
+    #[arg(long, env = "LEXTRAL_GRPC", default_value = "127.0.0.1:50054")]
+    grpc: String,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    config: FinetunedConfig,
 }
 
 /// `serve orchestrator`.
@@ -131,7 +149,7 @@ pub async fn run(target: Target) -> anyhow::Result<()> {
     lextral_common::metrics::prometheus_handle();
     let token = shutdown_token();
     match target {
-        Target::All(args) => run_all(args, token).await,
+        Target::All(args) => run_all(*args, token).await,
         Target::Embedder(args) => {
             start_metrics(&args.metrics, &token).await?;
             let listener = bind(&args.grpc).await?;
@@ -154,6 +172,15 @@ pub async fn run(target: Target) -> anyhow::Result<()> {
             )
             .await
         }
+        Target::FinetunedClassifier(args) => {
+            start_metrics(&args.metrics, &token).await?;
+            let listener = bind(&args.grpc).await?;
+            tracing::info!(addr = %listener.local_addr()?, "finetuned-classifier gRPC listening");
+            lextral_finetuned_classifier::run(args.config, listener, async move {
+                token.cancelled().await
+            })
+            .await
+        }
         Target::Orchestrator(args) => {
             start_metrics(&args.metrics, &token).await?;
             let grpc = bind(&args.grpc).await?;
@@ -174,6 +201,7 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
     tracing::info!(
         embedder = ?args.embedder,
         retriever = ?args.retriever,
+        finetuned = ?args.finetuned,
         orchestrator = ?args.orchestrator,
         "starting all services"
     );
@@ -195,7 +223,11 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
         );
     }
     lextral_retriever::add_to(&args.retriever, &mut routes).await?;
+    let mut finetuned_config = args.finetuned.clone();
+    finetuned_config.embedder_url = loopback_url(grpc_addr);
+    lextral_finetuned_classifier::add_to(&finetuned_config, &mut routes).await?;
     let mut orchestrator_config = args.orchestrator.clone();
+    orchestrator_config.finetuned_url = loopback_url(grpc_addr);
     orchestrator_config.embedder_url = loopback_url(grpc_addr);
     orchestrator_config.retriever_url = loopback_url(grpc_addr);
     let orchestrator = lextral_orchestrator::add_to(&orchestrator_config, &mut routes).await?;

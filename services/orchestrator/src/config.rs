@@ -13,6 +13,10 @@ const DEFAULT_MAX_TEXTS: usize = 256;
 const DEFAULT_MAX_TEXT_BYTES: usize = 100_000;
 const DEFAULT_HTTP_BODY_LIMIT: usize = 8 * 1024 * 1024;
 const DEFAULT_REQUEST_TIMEOUT_S: u64 = 60;
+const DEFAULT_FINETUNED_URL: &str = "http://127.0.0.1:50054";
+/// Chosen on validation (see README): below it the fine-tuned answer is
+/// re-checked by kNN.
+const DEFAULT_CASCADE_MIN_CONFIDENCE: f32 = 0.5;
 
 /// Orchestrator and gateway settings.
 #[derive(clap::Args, Debug, Clone)]
@@ -34,6 +38,24 @@ pub struct OrchestratorConfig {
         default_value = "http://127.0.0.1:50053"
     )]
     pub retriever_url: String,
+
+    /// Finetuned-classifier gRPC URL. `serve all` points it at its own gRPC port.
+    #[arg(
+        id = "finetuned-url",
+        long = "finetuned-url",
+        env = "LEXTRAL_FINETUNED_URL",
+        default_value = DEFAULT_FINETUNED_URL
+    )]
+    pub finetuned_url: String,
+
+    /// CASCADE: fine-tuned answers below this probability fall back to kNN.
+    #[arg(
+        id = "cascade-min-confidence",
+        long = "cascade-min-confidence",
+        env = "LEXTRAL_CASCADE_MIN_CONFIDENCE",
+        default_value_t = DEFAULT_CASCADE_MIN_CONFIDENCE
+    )]
+    pub cascade_min_confidence: f32,
 
     /// Default neighbours for kNN.
     #[arg(
@@ -127,6 +149,8 @@ impl OrchestratorConfig {
         Self {
             embedder_url: embedder_url.into(),
             retriever_url: retriever_url.into(),
+            finetuned_url: DEFAULT_FINETUNED_URL.to_owned(),
+            cascade_min_confidence: DEFAULT_CASCADE_MIN_CONFIDENCE,
             knn_k: DEFAULT_KNN_K,
             knn_vote: DEFAULT_KNN_VOTE.to_owned(),
             knn_power: DEFAULT_KNN_POWER,

@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient,
+    finetuned_classifier_service_client::FinetunedClassifierServiceClient,
     retriever_service_client::RetrieverServiceClient, ClassificationResult, ClassifyRequest,
-    ClassifyResponse, EmbedRequest, IngestRequest, IngestResponse, KnnOptions, LabelCount,
-    LabelScore, LabeledText, LabelsResponse, QueryVector, SearchRequest, StageLatency,
-    StatsRequest, Strategy, UpsertRecord, UpsertRequest, VoteMethod,
+    ClassifyResponse, EmbedRequest, FinetunedClassifierServiceClassifyRequest, IngestRequest,
+    IngestResponse, KnnOptions, LabelCount, LabelScore, LabeledText, LabelsResponse, QueryVector,
+    SearchRequest, StageLatency, StatsRequest, Strategy, UpsertRecord, UpsertRequest, VoteMethod,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
@@ -38,6 +39,7 @@ pub struct DependencyStatus {
 pub struct Orchestrator {
     embedder: EmbedderServiceClient<Channel>,
     retriever: RetrieverServiceClient<Channel>,
+    finetuned: FinetunedClassifierServiceClient<Channel>,
     embedder_channel: Channel,
     retriever_channel: Channel,
     config: OrchestratorConfig,
@@ -77,6 +79,11 @@ impl Orchestrator {
                 .max_decoding_message_size(64 * 1024 * 1024),
             retriever: RetrieverServiceClient::new(retriever_channel.clone())
                 .max_decoding_message_size(64 * 1024 * 1024),
+            finetuned: FinetunedClassifierServiceClient::new(channel(
+                &config.finetuned_url,
+                config.request_timeout(),
+            )?)
+            .max_decoding_message_size(64 * 1024 * 1024),
             embedder_channel,
             retriever_channel,
             config,
@@ -201,7 +208,26 @@ impl Orchestrator {
                 let params = self.knn_params(request.knn)?;
                 self.classify_knn(request.texts, &params).await?
             }
-            Strategy::Finetuned | Strategy::Cascade | Strategy::Rag | Strategy::ZeroShot => {
+            Strategy::Finetuned => {
+                let top_k = request.finetuned.and_then(|o| o.top_k);
+                self.classify_finetuned(request.texts, top_k).await?
+            }
+            Strategy::Cascade => {
+                let params = self.knn_params(request.knn)?;
+                let threshold = request
+                    .cascade
+                    .and_then(|c| c.min_confidence)
+                    .unwrap_or(self.config.cascade_min_confidence);
+                if !(0.0..=1.0).contains(&threshold) {
+                    return Err(OrchestratorError::InvalidArgument(format!(
+                        "cascade.min_confidence must be within [0, 1], got {threshold}"
+                    )));
+                }
+                let top_k = request.finetuned.and_then(|o| o.top_k);
+                self.classify_cascade(request.texts, top_k, threshold, &params)
+                    .await?
+            }
+            Strategy::Rag | Strategy::ZeroShot => {
                 return Err(OrchestratorError::Unimplemented(format!(
                     "strategy {} is not available in this deployment yet",
                     strategy_name(strategy)
@@ -318,6 +344,85 @@ impl Orchestrator {
             ],
             strategy: Strategy::Knn as i32,
         })
+    }
+
+    async fn classify_finetuned(
+        &self,
+        texts: Vec<String>,
+        top_k: Option<u32>,
+    ) -> Result<ClassifyResponse, OrchestratorError> {
+        if top_k == Some(0) {
+            return Err(OrchestratorError::InvalidArgument(
+                "finetuned.top_k must be at least 1".into(),
+            ));
+        }
+        let count = texts.len();
+        let started = Instant::now();
+        let response = self
+            .finetuned
+            .clone()
+            .classify(FinetunedClassifierServiceClassifyRequest { texts, top_k })
+            .await
+            .map_err(OrchestratorError::downstream("finetuned-classifier"))?
+            .into_inner();
+        if response.results.len() != count {
+            return Err(OrchestratorError::Internal(format!(
+                "finetuned-classifier returned {} results for {count} texts",
+                response.results.len()
+            )));
+        }
+        let results = response
+            .results
+            .into_iter()
+            .map(|r| ClassificationResult {
+                label: r.label,
+                confidence: r.probability,
+                alternatives: r.alternatives,
+                answered_by: Strategy::Finetuned as i32,
+                ..Default::default()
+            })
+            .collect();
+        Ok(ClassifyResponse {
+            results,
+            latencies: vec![stage("finetuned", started.elapsed())],
+            strategy: Strategy::Finetuned as i32,
+        })
+    }
+
+    /// Fine-tuned first; answers below `threshold` are re-classified by kNN,
+    /// which answers unless it abstains. `answered_by` says who answered.
+    async fn classify_cascade(
+        &self,
+        texts: Vec<String>,
+        top_k: Option<u32>,
+        threshold: f32,
+        params: &KnnParams,
+    ) -> Result<ClassifyResponse, OrchestratorError> {
+        let mut response = self.classify_finetuned(texts.clone(), top_k).await?;
+        let unsure: Vec<usize> = response
+            .results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.confidence < threshold)
+            .map(|(i, _)| i)
+            .collect();
+        if !unsure.is_empty() {
+            let fallback_texts = unsure.iter().map(|&i| texts[i].clone()).collect();
+            let knn = self.classify_knn(fallback_texts, params).await?;
+            for (&i, result) in unsure.iter().zip(knn.results) {
+                if !result.abstained {
+                    response.results[i] = result;
+                }
+            }
+            response
+                .latencies
+                .extend(knn.latencies.into_iter().map(|mut l| {
+                    l.stage = format!("fallback_{}", l.stage);
+                    l
+                }));
+        }
+        metrics::counter!("lextral_cascade_fallbacks_total").increment(unsure.len() as u64);
+        Ok(response)
     }
 
     /// The labels in the index with their counts.

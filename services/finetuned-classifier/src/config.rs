@@ -1,0 +1,78 @@
+//! Finetuned-classifier configuration: flags with `LEXTRAL_*` equivalents.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+const DEFAULT_EMBEDDER_URL: &str = "http://127.0.0.1:50052";
+const DEFAULT_MAX_TEXTS: usize = 1024;
+const DEFAULT_MAX_TEXT_BYTES: usize = 100_000;
+const DEFAULT_TIMEOUT_S: u64 = 60;
+
+/// Service settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FinetunedConfig {
+    /// Model directory written by `lextral train`. Without one the service
+    /// starts NOT_SERVING and answers FAILED_PRECONDITION until a Reload
+    /// finds a model there.
+    #[arg(
+        id = "finetuned-model",
+        long = "finetuned-model",
+        env = "LEXTRAL_FINETUNED_MODEL"
+    )]
+    pub model: Option<PathBuf>,
+
+    /// Embedder gRPC URL, for models with a head on frozen embeddings
+    /// (ignored by `serve all`, which uses its own embedder).
+    #[arg(
+        id = "finetuned-embedder-url",
+        long = "finetuned-embedder-url",
+        env = "LEXTRAL_FINETUNED_EMBEDDER_URL",
+        default_value = DEFAULT_EMBEDDER_URL
+    )]
+    pub embedder_url: String,
+
+    /// Texts accepted in one Classify call.
+    #[arg(
+        id = "finetuned-max-texts",
+        long = "finetuned-max-texts",
+        env = "LEXTRAL_FINETUNED_MAX_TEXTS",
+        default_value_t = DEFAULT_MAX_TEXTS
+    )]
+    pub max_texts: usize,
+
+    /// Bytes accepted per text.
+    #[arg(
+        id = "finetuned-max-text-bytes",
+        long = "finetuned-max-text-bytes",
+        env = "LEXTRAL_FINETUNED_MAX_TEXT_BYTES",
+        default_value_t = DEFAULT_MAX_TEXT_BYTES
+    )]
+    pub max_text_bytes: usize,
+
+    /// Per-call deadline in seconds.
+    #[arg(
+        id = "finetuned-timeout-s",
+        long = "finetuned-timeout-s",
+        env = "LEXTRAL_FINETUNED_TIMEOUT_S",
+        default_value_t = DEFAULT_TIMEOUT_S
+    )]
+    pub timeout_s: u64,
+}
+
+impl FinetunedConfig {
+    /// Settings for `model` with every other default.
+    pub fn with_model(model: Option<PathBuf>) -> Self {
+        Self {
+            model,
+            embedder_url: DEFAULT_EMBEDDER_URL.to_owned(),
+            max_texts: DEFAULT_MAX_TEXTS,
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            timeout_s: DEFAULT_TIMEOUT_S,
+        }
+    }
+
+    /// Per-call deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s.max(1))
+    }
+}

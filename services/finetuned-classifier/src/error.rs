@@ -1,0 +1,39 @@
+//! Service errors and their place in the shared code table.
+
+use lextral_common::{ServiceError, ServiceErrorCode};
+
+use crate::model::ModelError;
+
+/// What can go wrong serving a classifier.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetunedError {
+    /// Bad request.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No model is loaded.
+    #[error("no fine-tuned model is loaded: {0}")]
+    NoModel(String),
+    /// The model directory cannot be loaded.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The embedder could not be reached or failed.
+    #[error("embedder: {0}")]
+    Embedder(String),
+    /// Internal failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError for FinetunedError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::BadRequest(_) => ServiceErrorCode::BadRequest,
+            Self::NoModel(_) => ServiceErrorCode::FailedPrecondition,
+            Self::Model(ModelError::BadInput(_)) => ServiceErrorCode::BadRequest,
+            Self::Model(ModelError::Inference(_)) => ServiceErrorCode::Internal,
+            Self::Model(_) => ServiceErrorCode::FailedPrecondition,
+            Self::Embedder(_) => ServiceErrorCode::Unavailable,
+            Self::Internal(_) => ServiceErrorCode::Internal,
+        }
+    }
+}

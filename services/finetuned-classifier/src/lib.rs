@@ -1,0 +1,92 @@
+//! Lextral's own classifiers: training (`lextral train`) and the
+//! `FinetunedClassifierService` that serves them.
+
+pub mod config;
+pub mod dense;
+pub mod error;
+pub mod finetune;
+pub mod grpc;
+pub mod linear;
+pub mod model;
+pub mod scoring;
+pub mod service;
+pub mod tfidf;
+pub mod train;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_proto::v1::finetuned_classifier_service_server::FinetunedClassifierServiceServer;
+use tokio::net::TcpListener;
+
+pub use config::FinetunedConfig;
+pub use error::FinetunedError;
+pub use grpc::FinetunedGrpc;
+pub use model::{Classifier, Manifest, Method, ModelError};
+pub use service::FinetunedService;
+pub use train::{train, TrainData, TrainOptions};
+
+/// Adds the service to `routes`. A configured model that fails to load is a
+/// start-up error; with no model configured the service runs NOT_SERVING
+/// (other strategies keep working). SIGHUP reloads the model directory.
+pub async fn add_to(
+    config: &FinetunedConfig,
+    routes: &mut GrpcRoutes,
+) -> anyhow::Result<Arc<FinetunedService>> {
+    let health = routes.health();
+    health
+        .set_not_serving::<FinetunedClassifierServiceServer<FinetunedGrpc>>()
+        .await;
+    let service = Arc::new(FinetunedService::new(config.clone())?);
+    if config.model.is_some() {
+        grpc::reload(&service, &health)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+    } else {
+        tracing::warn!("no --finetuned-model / LEXTRAL_FINETUNED_MODEL: the finetuned and cascade strategies are unavailable");
+    }
+    watch_sighup(service.clone(), health.clone());
+    routes.add_service(FinetunedClassifierServiceServer::new(FinetunedGrpc::new(
+        service.clone(),
+        health,
+    )));
+    Ok(service)
+}
+
+#[cfg(unix)]
+fn watch_sighup(service: Arc<FinetunedService>, health: tonic_health::server::HealthReporter) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use the Reload RPC");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the fine-tuned model");
+            let _ = grpc::reload(&service, &health).await;
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn watch_sighup(_service: Arc<FinetunedService>, _health: tonic_health::server::HealthReporter) {}
+
+/// Runs the service alone on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: FinetunedConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting finetuned-classifier");
+    let mut routes = GrpcRoutes::new();
+    add_to(&config, &mut routes).await?;
+    serve_grpc(
+        listener,
+        routes.into_routes(),
+        config.request_timeout(),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! The serving side: holds the loaded classifier, swaps it on reload
+//! without dropping in-flight requests (they keep their `Arc`), and fetches
+//! embeddings from the embedder when the model needs them.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use lextral_proto::v1::{
+    embedder_service_client::EmbedderServiceClient, EmbedRequest, FinetunedClassification,
+    LabelScore,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::FinetunedConfig;
+use crate::error::FinetunedError;
+use crate::model::Classifier;
+
+/// Default number of alternatives per clause.
+pub const DEFAULT_TOP_K: usize = 5;
+
+/// The classifier service state.
+pub struct FinetunedService {
+    config: FinetunedConfig,
+    current: RwLock<Option<Arc<Classifier>>>,
+    embedder: EmbedderServiceClient<Channel>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl FinetunedService {
+    /// Creates the service; `load` must be called to load the model.
+    pub fn new(config: FinetunedConfig) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(config.embedder_url.clone())
+            .map_err(|err| anyhow::anyhow!("bad embedder URL {:?}: {err}", config.embedder_url))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(config.request_timeout())
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            config,
+            current: RwLock::new(None),
+            embedder: EmbedderServiceClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024),
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The configured model directory.
+    pub fn model_dir(&self) -> Option<&PathBuf> {
+        self.config.model.as_ref()
+    }
+
+    /// The loaded model, if any.
+    pub fn current(&self) -> Option<Arc<Classifier>> {
+        self.current.read().expect("model lock").clone()
+    }
+
+    /// Loads (or reloads) the model directory and swaps it in. On failure
+    /// the previous model keeps serving.
+    pub async fn load(&self) -> Result<Arc<Classifier>, FinetunedError> {
+        let _serialised = self.reload_lock.lock().await;
+        let dir = self.config.model.clone().ok_or_else(|| {
+            FinetunedError::NoModel(
+                "start with --finetuned-model DIR or LEXTRAL_FINETUNED_MODEL (train one with `lextral train`)".into(),
+            )
+        })?;
+        let started = Instant::now();
+        let loaded = tokio::task::spawn_blocking(move || Classifier::load(&dir))
+            .await
+            .map_err(|err| FinetunedError::Internal(err.to_string()))??;
+        let loaded = Arc::new(loaded);
+        let previous = self
+            .current
+            .write()
+            .expect("model lock")
+            .replace(loaded.clone());
+        tracing::info!(
+            method = loaded.manifest.method.as_str(),
+            labels = loaded.labels().len(),
+            content_hash = %loaded.manifest.content_hash,
+            replaced = previous.map(|p| p.manifest.content_hash.clone()),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "fine-tuned model loaded"
+        );
+        metrics::counter!("lextral_finetuned_model_loads_total").increment(1);
+        Ok(loaded)
+    }
+
+    fn validate(&self, texts: &[String]) -> Result<(), FinetunedError> {
+        if texts.is_empty() {
+            return Err(FinetunedError::BadRequest("texts must not be empty".into()));
+        }
+        if texts.len() > self.config.max_texts {
+            return Err(FinetunedError::BadRequest(format!(
+                "{} texts in one request; the limit is {}",
+                texts.len(),
+                self.config.max_texts
+            )));
+        }
+        if let Some((index, text)) = texts
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.len() > self.config.max_text_bytes)
+        {
+            return Err(FinetunedError::BadRequest(format!(
+                "text {index} is {} bytes; the limit is {}",
+                text.len(),
+                self.config.max_text_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Classifies `texts`, returning the top label and `top_k` alternatives.
+    pub async fn classify(
+        &self,
+        texts: Vec<String>,
+        top_k: Option<usize>,
+    ) -> Result<Vec<FinetunedClassification>, FinetunedError> {
+        self.validate(&texts)?;
+        let model = self.current().ok_or_else(|| {
+            FinetunedError::NoModel(match &self.config.model {
+                Some(dir) => format!("{} did not load; fix it and call Reload", dir.display()),
+                None => "start with --finetuned-model DIR or LEXTRAL_FINETUNED_MODEL".into(),
+            })
+        })?;
+        let top_k = top_k
+            .unwrap_or(DEFAULT_TOP_K)
+            .clamp(1, model.labels().len());
+        let embeddings = if model.needs_external_embeddings() {
+            let response = self
+                .embedder
+                .clone()
+                .embed(EmbedRequest {
+                    texts: texts.clone(),
+                    normalize: Some(true),
+                })
+                .await
+                .map_err(|status| FinetunedError::Embedder(status.message().to_owned()))?;
+            Some(
+                response
+                    .into_inner()
+                    .embeddings
+                    .into_iter()
+                    .map(|e| e.values)
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            None
+        };
+        let probabilities = tokio::task::spawn_blocking({
+            let model = model.clone();
+            move || model.predict(&texts, embeddings.as_deref())
+        })
+        .await
+        .map_err(|err| FinetunedError::Internal(err.to_string()))??;
+        Ok(probabilities
+            .into_iter()
+            .map(|p| to_result(&p, model.labels(), top_k))
+            .collect())
+    }
+}
+
+/// The label, its probability and the top alternatives.
+pub fn to_result(
+    probabilities: &[f32],
+    labels: &[String],
+    top_k: usize,
+) -> FinetunedClassification {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+    let alternatives: Vec<LabelScore> = order
+        .iter()
+        .take(top_k)
+        .map(|&i| LabelScore {
+            label: labels[i].clone(),
+            score: probabilities[i],
+        })
+        .collect();
+    FinetunedClassification {
+        label: labels[order[0]].clone(),
+        probability: probabilities[order[0]],
+        alternatives,
+    }
+}
