@@ -2,7 +2,9 @@
 # One command from a fresh clone to a classified clause: builds Lextral, caches
 # the model, starts a local PostgreSQL + pgvector, serves everything, indexes
 # LEDGAR (../shared/data/ledgar, else fetched from the Hugging Face Hub) and
-# classifies an example. The server keeps running; stop it with
+# classifies an example. It also trains the default classifier once (cached
+# in ~/.cache/lextral/models/ledgar-classifier; LEXTRAL_FINETUNED_MODEL names
+# another, LEXTRAL_SKIP_TRAIN=1 skips it). The server keeps running; stop it with
 # `scripts/quickstart.sh stop`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +42,15 @@ if [ -z "$DATA" ]; then
   fi
 fi
 
+if [ "${LEXTRAL_SKIP_TRAIN:-0}" != 1 ]; then
+  MODEL="${LEXTRAL_FINETUNED_MODEL:-$HOME_DIR/models/ledgar-classifier}"
+  if [ ! -f "$MODEL/manifest.json" ]; then
+    echo "quickstart: training the classifier (once; about 6 min on 2 cores) -> $MODEL"
+    "$BIN" train --data "$DATA" --out "$MODEL"
+  fi
+  export LEXTRAL_FINETUNED_MODEL="$MODEL"
+fi
+
 if [ -f "$RUN_DIR/lextral.pid" ] && kill -0 "$(cat "$RUN_DIR/lextral.pid")" 2>/dev/null; then
   echo "quickstart: restarting the running lextral"
   kill "$(cat "$RUN_DIR/lextral.pid")" || true
@@ -64,8 +75,11 @@ echo "quickstart: indexing $DATA ($SPLITS)"
 "$BIN" index --data "$DATA" --splits "$SPLITS" --server "http://$GRPC"
 
 echo "quickstart: classifying an example"
-"$BIN" classify --server "http://$GRPC" --strategy knn \
-  "This Agreement shall be governed by and construed in accordance with the laws of the State of New York, without regard to its conflict of laws principles."
+EXAMPLE="This Agreement shall be governed by and construed in accordance with the laws of the State of New York, without regard to its conflict of laws principles."
+"$BIN" classify --server "http://$GRPC" --strategy knn "$EXAMPLE"
+if [ -n "${LEXTRAL_FINETUNED_MODEL:-}" ]; then
+  "$BIN" classify --server "http://$GRPC" --strategy finetuned "$EXAMPLE"
+fi
 
 cat <<TXT
 
@@ -75,5 +89,6 @@ Lextral is running:
   REST          curl -s http://$HTTP/v1/classify -H 'content-type: application/json' -d '{"texts":["..."],"strategy":"knn"}'
   gRPC          $GRPC (grpcurl -plaintext $GRPC list)
   evaluate      $BIN eval --data $DATA --split validation --strategy knn --report report.json
+                (strategies: knn, finetuned, cascade)
   stop          scripts/quickstart.sh stop
 TXT

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use lextral_common::server::{serve_grpc, GrpcRoutes};
 use lextral_embedder::EmbedderConfig;
+use lextral_finetuned_classifier::FinetunedConfig;
 use lextral_orchestrator::OrchestratorConfig;
 use lextral_retriever::RetrieverConfig;
 use tokio::net::TcpListener;
@@ -158,6 +159,8 @@ pub struct Stack {
     pub embedder: SocketAddr,
     /// Retriever gRPC.
     pub retriever: SocketAddr,
+    /// Finetuned-classifier gRPC.
+    pub finetuned: SocketAddr,
     /// Orchestrator gRPC.
     pub orchestrator: SocketAddr,
     /// REST gateway.
@@ -222,6 +225,16 @@ fn spawn_grpc(
 /// Starts embedder, retriever and orchestrator (with the REST gateway) as
 /// separate servers, as on Kubernetes, against `database_url`.
 pub async fn start_stack(database_url: &str, tweak: impl FnOnce(&mut OrchestratorConfig)) -> Stack {
+    start_stack_with_model(database_url, None, tweak).await
+}
+
+/// [`start_stack`] plus a finetuned-classifier serving `model` (none: it
+/// runs NOT_SERVING).
+pub async fn start_stack_with_model(
+    database_url: &str,
+    model: Option<PathBuf>,
+    tweak: impl FnOnce(&mut OrchestratorConfig),
+) -> Stack {
     lextral_common::telemetry::init_tracing(false);
     lextral_common::metrics::prometheus_handle();
     let token = CancellationToken::new();
@@ -246,7 +259,18 @@ pub async fn start_stack(database_url: &str, tweak: impl FnOnce(&mut Orchestrato
     let retriever = listener.local_addr().unwrap();
     tasks.push(spawn_grpc(routes, listener, &token));
 
+    let mut routes = GrpcRoutes::new();
+    let mut finetuned_config = FinetunedConfig::with_model(model);
+    finetuned_config.embedder_url = Stack::url(embedder);
+    lextral_finetuned_classifier::add_to(&finetuned_config, &mut routes)
+        .await
+        .expect("finetuned-classifier starts");
+    let listener = ephemeral().await;
+    let finetuned = listener.local_addr().unwrap();
+    tasks.push(spawn_grpc(routes, listener, &token));
+
     let mut config = OrchestratorConfig::with_urls(Stack::url(embedder), Stack::url(retriever));
+    config.finetuned_url = Stack::url(finetuned);
     tweak(&mut config);
     let mut routes = GrpcRoutes::new();
     let orchestrator_service = lextral_orchestrator::add_to(&config, &mut routes)
@@ -270,6 +294,7 @@ pub async fn start_stack(database_url: &str, tweak: impl FnOnce(&mut Orchestrato
     Stack {
         embedder,
         retriever,
+        finetuned,
         orchestrator,
         http,
         token,

@@ -80,7 +80,7 @@ async fn rest_rejects_bad_requests_with_json_errors() {
 
     let (status, body) = post(
         &stack,
-        json!({ "texts": [clause], "strategy": "finetuned" }),
+        json!({ "texts": [clause], "strategy": "zero-shot" }),
     )
     .await;
     assert_eq!(status, 501);

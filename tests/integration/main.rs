@@ -4,3 +4,4 @@ mod bad_input;
 mod database;
 mod embedder;
 mod end_to_end;
+mod finetuned;

@@ -22,6 +22,134 @@ pub enum BenchCommand {
     Embed(EmbedArgs),
     /// Search and end-to-end REST latency against a running `lextral serve all`.
     Stack(StackArgs),
+    /// A trained classifier in-process: latency and throughput at batch 1
+    /// and batch N, peak memory.
+    Classifier(ClassifierArgs),
+}
+
+/// `lextral bench classifier`.
+#[derive(Args)]
+pub struct ClassifierArgs {
+    /// Model directory from `lextral train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// JSONL file whose `text` fields are classified.
+    #[arg(long)]
+    data: PathBuf,
+    /// Clauses per call for the batched run.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Clauses to classify.
+    #[arg(long, default_value_t = 366)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    embedder: EmbedderConfig,
+}
+
+#[derive(Serialize)]
+struct ClassifierReport {
+    model: String,
+    method: String,
+    clauses: usize,
+    batch: usize,
+    p50_ms_batch1: f64,
+    p99_ms_batch1: f64,
+    throughput_per_s_batch1: f64,
+    throughput_per_s_batched: f64,
+    peak_rss_mb: f64,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn classifier(args: ClassifierArgs) -> anyhow::Result<()> {
+    use lextral_finetuned_classifier::Classifier;
+    let texts = read_texts(&args.data, args.limit)?;
+    anyhow::ensure!(!texts.is_empty(), "no clauses in {}", args.data.display());
+    let model_dir = args.model.clone();
+    let embed_model = args.embedder.model.clone();
+    let embed_dir = resolve_model_dir(&embed_model).await?;
+    let batch = args.batch.max(1);
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<ClassifierReport> {
+        let model = Classifier::load(&model_dir)?;
+        // Models with a head on frozen embeddings get them in-process here,
+        // as the embedder service would compute them.
+        let embedder = if model.needs_external_embeddings() {
+            Some(SentenceEmbedder::load(&embed_dir, &embed_model)?)
+        } else {
+            None
+        };
+        let run = |chunk: &[String]| -> anyhow::Result<()> {
+            let vectors = match &embedder {
+                Some(e) => Some(
+                    e.embed(chunk, true, 256)?
+                        .into_iter()
+                        .map(|v| v.values)
+                        .collect::<Vec<_>>(),
+                ),
+                None => None,
+            };
+            model.predict(chunk, vectors.as_deref())?;
+            Ok(())
+        };
+        run(&texts[..texts.len().min(batch)])?;
+        let started = Instant::now();
+        let mut singles = Vec::with_capacity(texts.len());
+        for text in &texts {
+            let t = Instant::now();
+            run(std::slice::from_ref(text))?;
+            singles.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let single_seconds = started.elapsed().as_secs_f64();
+        singles.sort_by(f64::total_cmp);
+        let started = Instant::now();
+        for chunk in texts.chunks(batch) {
+            run(chunk)?;
+        }
+        let batched_seconds = started.elapsed().as_secs_f64();
+        Ok(ClassifierReport {
+            model: model_dir.display().to_string(),
+            method: model.manifest.method.as_str().to_owned(),
+            clauses: texts.len(),
+            batch,
+            p50_ms_batch1: percentile(&singles, 50.0),
+            p99_ms_batch1: percentile(&singles, 99.0),
+            throughput_per_s_batch1: texts.len() as f64 / single_seconds,
+            throughput_per_s_batched: texts.len() as f64 / batched_seconds,
+            peak_rss_mb: peak_rss_mb(),
+        })
+    })
+    .await??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} ({}): batch 1 p50 {:.2} ms, p99 {:.2} ms, {:.1} clauses/s; batch {} {:.1} clauses/s; peak RSS {:.0} MiB",
+            report.model,
+            report.method,
+            report.p50_ms_batch1,
+            report.p99_ms_batch1,
+            report.throughput_per_s_batch1,
+            report.batch,
+            report.throughput_per_s_batched,
+            report.peak_rss_mb
+        );
+    }
+    Ok(())
 }
 
 /// `lextral bench embed`.
@@ -102,6 +230,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Embed(args) => embed(args).await,
         BenchCommand::Stack(args) => stack(args).await,
+        BenchCommand::Classifier(args) => classifier(args).await,
     }
 }
 

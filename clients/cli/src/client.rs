@@ -7,7 +7,7 @@ use clap::Args;
 use lextral_orchestrator::http::reply_body;
 use lextral_orchestrator::names::{parse_strategy, parse_vote};
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
-use lextral_proto::v1::{ClassifyRequest, KnnOptions, Strategy};
+use lextral_proto::v1::{CascadeOptions, ClassifyRequest, FinetunedOptions, KnnOptions, Strategy};
 use tonic::transport::Channel;
 
 /// Where the orchestrator is.
@@ -65,6 +65,13 @@ pub struct StrategyArgs {
     /// Only neighbours from these splits vote (comma-separated).
     #[arg(long = "neighbor-splits", value_delimiter = ',')]
     pub neighbor_splits: Vec<String>,
+    /// Fine-tuned alternatives per clause (finetuned, cascade).
+    #[arg(long = "top-k")]
+    pub top_k: Option<u32>,
+    /// Cascade: fine-tuned answers below this probability fall back to kNN;
+    /// server default if absent.
+    #[arg(long = "cascade-min-confidence")]
+    pub cascade_min_confidence: Option<f32>,
 }
 
 impl StrategyArgs {
@@ -91,6 +98,10 @@ impl StrategyArgs {
                 min_confidence: self.min_confidence,
                 ef_search: self.ef_search,
                 splits: self.neighbor_splits.clone(),
+            }),
+            finetuned: Some(FinetunedOptions { top_k: self.top_k }),
+            cascade: Some(CascadeOptions {
+                min_confidence: self.cascade_min_confidence,
             }),
             ..Default::default()
         })

@@ -222,10 +222,31 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
             queue.info().dimension
         );
     }
-    lextral_retriever::add_to(&args.retriever, &mut routes).await?;
+    let store = lextral_retriever::add_to(&args.retriever, &mut routes).await?;
     let mut finetuned_config = args.finetuned.clone();
     finetuned_config.embedder_url = loopback_url(grpc_addr);
-    lextral_finetuned_classifier::add_to(&finetuned_config, &mut routes).await?;
+    let finetuned = lextral_finetuned_classifier::add_to(&finetuned_config, &mut routes).await?;
+    if let (Some(model), Ok(stats)) = (finetuned.current(), store.stats().await) {
+        // Cascade mixes both: a label the model cannot produce but the index
+        // holds means the model was trained on another label set.
+        let known: std::collections::HashSet<&str> =
+            model.labels().iter().map(String::as_str).collect();
+        let mut unknown: Vec<&str> = stats
+            .counts
+            .iter()
+            .map(|(label, _, _)| label.as_str())
+            .filter(|label| !known.contains(label))
+            .collect();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            anyhow::bail!(
+                "the fine-tuned model's labels do not cover the index: {} indexed label(s) unknown to it \
+                 (first: {:?}); train it on the same label set or point LEXTRAL_FINETUNED_MODEL elsewhere",
+                unknown.len(),
+                unknown[0]
+            );
+        }
+    }
     let mut orchestrator_config = args.orchestrator.clone();
     orchestrator_config.finetuned_url = loopback_url(grpc_addr);
     orchestrator_config.embedder_url = loopback_url(grpc_addr);

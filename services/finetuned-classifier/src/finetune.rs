@@ -17,7 +17,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -51,6 +51,10 @@ impl Default for FinetuneConfig {
         }
     }
 }
+
+/// Logit scale of the centroid-initialised head (cosine similarity × 20
+/// spans a softmax's useful range).
+const CENTROID_SCALE: f32 = 20.0;
 
 /// What fine-tuning produced.
 pub struct FinetuneFit {
@@ -173,11 +177,7 @@ pub fn finetune(
     let hidden = bert_config.hidden_size;
     let n_classes = data.labels.len();
     let mut rng = StdRng::seed_from_u64(options.seed);
-    let bound = (6.0 / (hidden + n_classes) as f32).sqrt();
-    let init: Vec<f32> = (0..hidden * n_classes)
-        .map(|_| rng.gen_range(-bound..bound))
-        .collect();
-    let head_w = Var::from_tensor(&Tensor::from_vec(init, (hidden, n_classes), &device)?)?;
+    let head_w = Var::from_tensor(&Tensor::zeros((hidden, n_classes), DType::F32, &device)?)?;
     let head_b = Var::from_tensor(&Tensor::zeros(n_classes, DType::F32, &device)?)?;
     let net = Network {
         bert,
@@ -219,6 +219,32 @@ pub fn finetune(
         class_weights(&train_y, n_classes, options.balanced),
         &device,
     )?;
+
+    // Start the head as a cosine classifier on class centroids of the
+    // pre-trained encoder: a random head would need far more steps than a
+    // CPU budget allows before the encoder gets useful gradients.
+    let mut centroids = vec![0.0f32; hidden * n_classes];
+    let all: Vec<usize> = (0..train.len()).collect();
+    for chunk in all.chunks(32) {
+        let refs: Vec<&Encoded> = chunk.iter().map(|&i| &train[i]).collect();
+        let pooled = net.embed(&refs, &device)?.detach().to_vec2::<f32>()?;
+        for (&i, row) in chunk.iter().zip(pooled) {
+            for (d, v) in row.into_iter().enumerate() {
+                centroids[d * n_classes + train_y[i]] += v;
+            }
+        }
+    }
+    for c in 0..n_classes {
+        let norm = (0..hidden)
+            .map(|d| centroids[d * n_classes + c].powi(2))
+            .sum::<f32>()
+            .sqrt();
+        if norm > 0.0 {
+            (0..hidden).for_each(|d| centroids[d * n_classes + c] *= CENTROID_SCALE / norm);
+        }
+    }
+    net.head_w
+        .set(&Tensor::from_vec(centroids, (hidden, n_classes), &device)?)?;
 
     // Length-bucketed batches: similar lengths together waste less padding.
     let mut order: Vec<usize> = (0..train.len()).collect();

@@ -334,10 +334,8 @@ impl Classifier {
         } else {
             None
         };
-        let needs_head = matches!(
-            manifest.method,
-            Method::Head | Method::Finetune | Method::Hybrid
-        );
+        // A hybrid may have dropped either part on validation, not both.
+        let needs_head = matches!(manifest.method, Method::Head | Method::Finetune);
         if needs_head && head.is_none() {
             return Err(corrupt(format!(
                 "method {} needs head.* tensors",
@@ -369,7 +367,12 @@ impl Classifier {
                 return Err(missing(format!("{ENCODER_DIR}/ (the fine-tuned encoder)")));
             }
         }
-        if matches!(manifest.method, Method::Lexical | Method::Hybrid) && lexical.is_none() {
+        if manifest.method == Method::Hybrid && lexical.is_none() && head.is_none() {
+            return Err(corrupt(
+                "a hybrid model without lexical or dense part".into(),
+            ));
+        }
+        if manifest.method == Method::Lexical && lexical.is_none() {
             return Err(corrupt(
                 "lexical preprocessing missing from the manifest".into(),
             ));

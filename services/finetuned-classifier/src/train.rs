@@ -53,10 +53,11 @@ pub struct TrainOptions {
     pub balanced: bool,
     /// Head configurations tried.
     pub head_grid: Vec<HeadConfig>,
-    /// Hybrid keeps its dense part only if it adds at least this much
-    /// validation macro-F1 (smaller gains are noise at this size and would
-    /// cost an embedding per request).
-    pub hybrid_min_gain: f64,
+    /// Hybrid keeps its dense part only if, on validation, it fixes
+    /// significantly more lexical mistakes than it introduces (one-sided
+    /// sign test on the changed clauses, p below this). A smaller gain is
+    /// noise at this data size and would cost an embedding per request.
+    pub hybrid_max_p_value: f64,
     /// Fine-tuning settings.
     pub finetune: crate::finetune::FinetuneConfig,
     /// Show progress bars.
@@ -82,7 +83,7 @@ impl Default for TrainOptions {
                     ..HeadConfig::default()
                 },
             ],
-            hybrid_min_gain: 0.005,
+            hybrid_max_p_value: 0.05,
             finetune: crate::finetune::FinetuneConfig::default(),
             progress: true,
         }
@@ -324,6 +325,28 @@ fn fit_head(
     best.ok_or_else(|| anyhow::anyhow!("no head configuration to try"))
 }
 
+/// One-sided sign test: the probability of at least `wins` successes in
+/// `wins + losses` fair coin flips.
+pub fn sign_test_p_value(wins: usize, losses: usize) -> f64 {
+    let n = wins + losses;
+    if n == 0 {
+        return 1.0;
+    }
+    // ln C(n, i) accumulated to stay finite for large n.
+    let ln_half_n = n as f64 * 0.5f64.ln();
+    let mut ln_choose = 0.0f64;
+    let mut total = 0.0f64;
+    for i in 0..=n {
+        if i > 0 {
+            ln_choose += ((n - i + 1) as f64).ln() - (i as f64).ln();
+        }
+        if i >= wins {
+            total += (ln_choose + ln_half_n).exp();
+        }
+    }
+    total.min(1.0)
+}
+
 /// Trains with `options` and writes the model directory to `out`.
 pub async fn train(
     data: &TrainData,
@@ -416,9 +439,10 @@ pub async fn train(
     let mut keep_dense = dense.is_some();
     let mut keep_lexical = lexical.is_some();
     let mut val_scores: Vec<Vec<f32>> = Vec::new();
+    let mut hybrid_selection = None;
     if let (Some(lex), Some(den)) = (&lexical, &dense) {
-        let mut best: Option<(f32, F1Scores)> = None;
-        let mut lexical_only = None;
+        let mut best: Option<(f32, F1Scores, Vec<usize>)> = None;
+        let mut lexical_only: Option<Vec<usize>> = None;
         for step in 0..=10 {
             let w = step as f32 / 10.0;
             let predicted: Vec<usize> = lex
@@ -437,18 +461,35 @@ pub async fn train(
             let scores = f1_scores(&gold, &predicted, n_classes);
             candidates.insert(format!("hybrid dense_weight={w:.1}"), scores);
             if step == 0 {
-                lexical_only = Some(scores);
+                lexical_only = Some(predicted.clone());
             }
-            if best.as_ref().is_none_or(|(_, b)| scores.better_than(b)) {
-                best = Some((w, scores));
+            if best.as_ref().is_none_or(|(_, b, _)| scores.better_than(b)) {
+                best = Some((w, scores, predicted));
             }
         }
-        let (w, scores) = best.expect("grid is not empty");
-        let lexical_only = lexical_only.expect("grid starts at 0");
-        if w == 0.0 || scores.macro_f1 - lexical_only.macro_f1 < options.hybrid_min_gain {
+        let (w, _, predicted) = best.expect("grid is not empty");
+        let baseline = lexical_only.expect("grid starts at 0");
+        let fixed = (0..gold.len())
+            .filter(|&i| predicted[i] == gold[i] && baseline[i] != gold[i])
+            .count();
+        let broken = (0..gold.len())
+            .filter(|&i| predicted[i] != gold[i] && baseline[i] == gold[i])
+            .count();
+        let p_value = sign_test_p_value(fixed, broken);
+        hybrid_selection = Some(json!({
+            "best_dense_weight": w,
+            "fixed_vs_lexical": fixed,
+            "broken_vs_lexical": broken,
+            "p_value": p_value,
+            "max_p_value": options.hybrid_max_p_value,
+        }));
+        if w == 0.0 || p_value >= options.hybrid_max_p_value {
             tracing::info!(
-                gain = scores.macro_f1 - lexical_only.macro_f1,
-                "dense part does not help enough on validation; the hybrid keeps the lexical model only"
+                dense_weight = w,
+                fixed,
+                broken,
+                p_value,
+                "the dense part's gain on validation is not significant; the hybrid keeps the lexical model only"
             );
             keep_dense = false;
             dense_weight = 0.0;
@@ -501,6 +542,9 @@ pub async fn train(
             "lexical".into(),
             json!({"c": lex.c, "balanced": options.balanced, "solver": "lbfgs"}),
         );
+    }
+    if let Some(selection) = hybrid_selection {
+        hyper.insert("hybrid_selection".into(), selection);
     }
     if keep_dense {
         let den = dense.as_ref().expect("kept");
@@ -568,4 +612,20 @@ pub async fn train(
         out.display()
     );
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sign_test_p_value;
+
+    #[test]
+    fn sign_test_matches_binomial_tails() {
+        assert_eq!(sign_test_p_value(0, 0), 1.0);
+        // P(X >= 5 | n = 5) = 1/32.
+        assert!((sign_test_p_value(5, 0) - 1.0 / 32.0).abs() < 1e-12);
+        // P(X >= 6 | n = 10) = 386/1024.
+        assert!((sign_test_p_value(6, 4) - 386.0 / 1024.0).abs() < 1e-12);
+        assert!((sign_test_p_value(0, 7) - 1.0).abs() < 1e-12);
+        assert!(sign_test_p_value(60, 40) < 0.05);
+    }
 }

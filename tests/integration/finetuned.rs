@@ -1,0 +1,300 @@
+//! `lextral train` models served by the finetuned-classifier, through the
+//! FINETUNED and CASCADE strategies, Reload, and bad model directories.
+
+use std::path::Path;
+
+use lextral_finetuned_classifier::{Classifier, Method, TrainData, TrainOptions};
+use lextral_integration_tests::{fresh_database, ledgar, model_dir, start_stack_with_model, Stack};
+use lextral_proto::v1::finetuned_classifier_service_client::FinetunedClassifierServiceClient;
+use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
+use lextral_proto::v1::{
+    FinetunedClassifierServiceClassifyRequest, FinetunedClassifierServiceInfoRequest,
+    IngestRequest, LabeledText, ReloadRequest,
+};
+use serde_json::{json, Value};
+
+/// Labelled data from the shared LEDGAR files, labels as indices.
+fn data(train_limit: usize, validation_limit: usize) -> TrainData {
+    let train = ledgar("train", train_limit);
+    let validation = ledgar("validation", validation_limit);
+    let mut labels: Vec<String> = train.iter().map(|(_, l)| l.clone()).collect();
+    labels.extend(validation.iter().map(|(_, l)| l.clone()));
+    labels.sort();
+    labels.dedup();
+    let index = |l: &String| labels.iter().position(|x| x == l).unwrap();
+    TrainData {
+        train: train.iter().map(|(t, l)| (t.clone(), index(l))).collect(),
+        validation: validation
+            .iter()
+            .map(|(t, l)| (t.clone(), index(l)))
+            .collect(),
+        labels: labels.clone(),
+        data_sha256: "test".into(),
+    }
+}
+
+fn options(method: Method) -> TrainOptions {
+    let mut options = TrainOptions {
+        method,
+        embed_model: model_dir(),
+        c_grid: vec![30.0],
+        progress: false,
+        max_minutes: 10.0,
+        ..TrainOptions::default()
+    };
+    options.finetune.epochs = 1;
+    options.finetune.max_seq_length = 48;
+    options.finetune.batch_size = 8;
+    options
+}
+
+async fn train(
+    data: &TrainData,
+    method: Method,
+    out: &Path,
+) -> lextral_finetuned_classifier::Manifest {
+    lextral_finetuned_classifier::train(data, &options(method), out)
+        .await
+        .expect("training succeeds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trained_model_serves_finetuned_and_cascade_and_reloads() {
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    let lexical_data = data(1000, 366);
+    let manifest = train(&lexical_data, Method::Lexical, &model).await;
+    let validation = manifest.validation.as_ref().unwrap();
+    // 1000 clauses, ~90 labels: far above chance (~0.06), a real model.
+    assert!(validation.scores.micro_f1 > 0.6, "{validation:?}");
+    assert!(validation.nll_calibrated <= validation.nll_uncalibrated + 1e-9);
+    assert_eq!(manifest.labels, lexical_data.labels);
+    // Same seed, same data: the same model.
+    let again = work.path().join("again");
+    assert_eq!(
+        train(&lexical_data, Method::Lexical, &again)
+            .await
+            .content_hash,
+        manifest.content_hash
+    );
+
+    let database = fresh_database().await;
+    let stack = start_stack_with_model(&database, Some(model.clone()), |_| {}).await;
+    let mut finetuned = FinetunedClassifierServiceClient::connect(Stack::url(stack.finetuned))
+        .await
+        .unwrap();
+    let info = finetuned
+        .info(FinetunedClassifierServiceInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.method, "lexical");
+    assert_eq!(info.labels, lexical_data.labels);
+    let served: Value = serde_json::from_str(&info.manifest_json).unwrap();
+    assert_eq!(served["content_hash"], manifest.content_hash.as_str());
+
+    // REST, strategy finetuned: labels, calibrated probabilities, top-k.
+    let clauses = ledgar("validation", 40);
+    let http = reqwest::Client::new();
+    let reply: Value = http
+        .post(stack.rest("/v1/classify"))
+        .json(&json!({
+            "texts": clauses.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+            "strategy": "finetuned",
+            "options": { "top_k": 3 }
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let results = reply["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(results.len(), 40);
+    let mut correct = 0;
+    for (result, (_, gold)) in results.iter().zip(&clauses) {
+        assert_eq!(result["answered_by"], "finetuned", "{result}");
+        let confidence = result["confidence"].as_f64().unwrap();
+        assert!(confidence > 0.0 && confidence <= 1.0);
+        let alternatives = result["alternatives"].as_array().unwrap();
+        assert_eq!(alternatives.len(), 3);
+        assert_eq!(alternatives[0]["label"], result["label"]);
+        correct += usize::from(result["label"] == gold.as_str());
+    }
+    assert!(correct >= 24, "{correct}/40 correct");
+
+    // CASCADE: index some clauses, then force every answer to kNN (threshold
+    // 1.0) or keep them all fine-tuned (threshold 0).
+    let mut orchestrator = OrchestratorServiceClient::connect(Stack::url(stack.orchestrator))
+        .await
+        .unwrap();
+    let items: Vec<LabeledText> = ledgar("train", 30)
+        .into_iter()
+        .map(|(text, label)| LabeledText {
+            text,
+            label,
+            split: "train".into(),
+        })
+        .collect();
+    orchestrator.ingest(IngestRequest { items }).await.unwrap();
+    for (threshold, expected) in [(1.0, "knn"), (0.0, "finetuned")] {
+        let reply: Value = http
+            .post(stack.rest("/v1/classify"))
+            .json(&json!({
+                "texts": [clauses[0].0, clauses[1].0],
+                "strategy": "cascade",
+                "options": { "cascade_min_confidence": threshold }
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for result in reply["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{reply}"))
+        {
+            assert_eq!(result["answered_by"], expected, "{reply}");
+        }
+    }
+    let bad = http
+        .post(stack.rest("/v1/classify"))
+        .json(&json!({"texts": ["x"], "strategy": "cascade", "options": {"cascade_min_confidence": 2.0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("min_confidence"),
+        "{body}"
+    );
+
+    // Retrain into the same directory (a head on frozen embeddings), then
+    // Reload: the new model answers, through the embedder service.
+    let head_data = data(150, 40);
+    let head_manifest = train(&head_data, Method::Head, &model).await;
+    let reloaded = finetuned
+        .reload(ReloadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.content_hash, head_manifest.content_hash);
+    let info = finetuned
+        .info(FinetunedClassifierServiceInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.method, "head");
+    let answer = finetuned
+        .classify(FinetunedClassifierServiceClassifyRequest {
+            texts: vec![clauses[0].0.clone()],
+            top_k: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.results[0].alternatives.len(), 5);
+    assert!(head_data.labels.contains(&answer.results[0].label));
+
+    // A broken directory fails Reload with a clear status; the old model
+    // keeps serving.
+    std::fs::write(model.join("model.safetensors"), b"garbage").unwrap();
+    let status = finetuned.reload(ReloadRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("corrupt"), "{}", status.message());
+    let still = finetuned
+        .classify(FinetunedClassifierServiceClassifyRequest {
+            texts: vec![clauses[0].0.clone()],
+            top_k: Some(1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.results[0].label, answer.results[0].label);
+    let empty = finetuned
+        .classify(FinetunedClassifierServiceClassifyRequest {
+            texts: vec![],
+            top_k: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_corrupt_model_is_a_clear_error() {
+    // Configured but missing: a start-up error naming the directory.
+    let work = tempfile::tempdir().unwrap();
+    let mut routes = lextral_common::server::GrpcRoutes::new();
+    let config =
+        lextral_finetuned_classifier::FinetunedConfig::with_model(Some(work.path().join("absent")));
+    let err = lextral_finetuned_classifier::add_to(&config, &mut routes)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("absent"), "{err}");
+
+    // Not configured: the stack runs; the strategy answers 409 with a hint.
+    let database = fresh_database().await;
+    let stack = start_stack_with_model(&database, None, |_| {}).await;
+    let reply = reqwest::Client::new()
+        .post(stack.rest("/v1/classify"))
+        .json(&json!({"texts": ["Notices shall be in writing."], "strategy": "finetuned"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 409);
+    let body: Value = reply.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("LEXTRAL_FINETUNED_MODEL"),
+        "{body}"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finetune_and_hybrid_methods_train_and_load() {
+    let work = tempfile::tempdir().unwrap();
+    // End-to-end fine-tuning, kept tiny (one epoch, 48 tokens) for CI time.
+    let small = data(48, 16);
+    let out = work.path().join("finetuned");
+    let manifest = train(&small, Method::Finetune, &out).await;
+    assert_eq!(
+        manifest.embedding.as_ref().unwrap().source,
+        "bundled-encoder"
+    );
+    assert!(out.join("encoder").join("model.safetensors").is_file());
+    let model = Classifier::load(&out).unwrap();
+    assert!(!model.needs_external_embeddings());
+    let p = model
+        .predict(&[small.validation[0].0.clone()], None)
+        .unwrap();
+    assert_eq!(p[0].len(), small.labels.len());
+    assert!((p[0].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+
+    // Hybrid records every candidate it weighed on validation.
+    let data = data(150, 40);
+    let out = work.path().join("hybrid");
+    let manifest = train(&data, Method::Hybrid, &out).await;
+    let candidates = &manifest.validation.as_ref().unwrap().candidates;
+    assert!(
+        candidates
+            .keys()
+            .any(|k| k.starts_with("hybrid dense_weight=0.5")),
+        "{candidates:?}"
+    );
+    assert!(candidates.keys().any(|k| k.starts_with("lexical C=")));
+    assert!(candidates.keys().any(|k| k.starts_with("head hidden=")));
+    Classifier::load(&out).unwrap();
+}
