@@ -214,7 +214,8 @@ fn spawn_grpc(
         serve_grpc(
             listener,
             routes.into_routes(),
-            Duration::from_secs(30),
+            // Generous: tests run in parallel on 2 cores, some of them training.
+            Duration::from_secs(180),
             async move { token.cancelled().await },
         )
         .await
@@ -271,6 +272,7 @@ pub async fn start_stack_with_model(
 
     let mut config = OrchestratorConfig::with_urls(Stack::url(embedder), Stack::url(retriever));
     config.finetuned_url = Stack::url(finetuned);
+    config.request_timeout_s = 180;
     tweak(&mut config);
     let mut routes = GrpcRoutes::new();
     let orchestrator_service = lextral_orchestrator::add_to(&config, &mut routes)

@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod data;
 mod eval;
+mod finetune;
 mod index;
 mod metrics;
 mod serve;
@@ -39,6 +40,11 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Train a classifier (served by the finetuned-classifier service).
     Train(train::TrainArgs),
+    /// Fine-tune on a remote platform (Mistral's classifier jobs).
+    Finetune {
+        #[command(subcommand)]
+        command: finetune::FinetuneCommand,
+    },
     /// Data sets.
     Data {
         #[command(subcommand)]
@@ -103,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             Command::Classify(args) => client::classify(args).await,
             Command::Eval(args) => eval::run(args).await,
             Command::Train(args) => train::run(args).await,
+            Command::Finetune { command } => finetune::run(command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Data {
                 command:

@@ -49,6 +49,25 @@ pub struct FinetunedConfig {
     )]
     pub max_text_bytes: usize,
 
+    /// Serve a classifier fine-tuned on Mistral's platform instead of a
+    /// local model: its model id (e.g. `ft:classifier:ministral-3b:...`).
+    /// The key comes from MISTRAL_API_KEY or MISTRAL_API_KEY_FILE.
+    #[arg(
+        id = "finetuned-mistral-model",
+        long = "finetuned-mistral-model",
+        env = "LEXTRAL_FINETUNED_MISTRAL_MODEL"
+    )]
+    pub mistral_model: Option<String>,
+
+    /// Mistral API base URL.
+    #[arg(
+        id = "mistral-url",
+        long = "mistral-url",
+        env = "MISTRAL_API_URL",
+        default_value = crate::mistral::DEFAULT_API_URL
+    )]
+    pub mistral_url: String,
+
     /// Per-call deadline in seconds.
     #[arg(
         id = "finetuned-timeout-s",
@@ -64,6 +83,8 @@ impl FinetunedConfig {
     pub fn with_model(model: Option<PathBuf>) -> Self {
         Self {
             model,
+            mistral_model: None,
+            mistral_url: crate::mistral::DEFAULT_API_URL.to_owned(),
             embedder_url: DEFAULT_EMBEDDER_URL.to_owned(),
             max_texts: DEFAULT_MAX_TEXTS,
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,

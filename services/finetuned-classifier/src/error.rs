@@ -19,6 +19,9 @@ pub enum FinetunedError {
     /// The embedder could not be reached or failed.
     #[error("embedder: {0}")]
     Embedder(String),
+    /// The remote (Mistral) classifier failed.
+    #[error(transparent)]
+    Remote(#[from] crate::mistral::MistralError),
     /// Internal failure.
     #[error("{0}")]
     Internal(String),
@@ -33,6 +36,22 @@ impl ServiceError for FinetunedError {
             Self::Model(ModelError::Inference(_)) => ServiceErrorCode::Internal,
             Self::Model(_) => ServiceErrorCode::FailedPrecondition,
             Self::Embedder(_) => ServiceErrorCode::Unavailable,
+            Self::Remote(err) => {
+                use crate::mistral::MistralError;
+                match err {
+                    MistralError::NoKey | MistralError::KeyFile { .. } => {
+                        ServiceErrorCode::FailedPrecondition
+                    }
+                    MistralError::Api {
+                        status: 401 | 403, ..
+                    } => ServiceErrorCode::FailedPrecondition,
+                    MistralError::Api { status: 429, .. } => ServiceErrorCode::ResourceExhausted,
+                    MistralError::Api {
+                        status: 400..=499, ..
+                    } => ServiceErrorCode::BadRequest,
+                    _ => ServiceErrorCode::Unavailable,
+                }
+            }
             Self::Internal(_) => ServiceErrorCode::Internal,
         }
     }

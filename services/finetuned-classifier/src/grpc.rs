@@ -74,6 +74,14 @@ impl FinetunedClassifierService for FinetunedGrpc {
         &self,
         _request: Request<FinetunedClassifierServiceInfoRequest>,
     ) -> Result<Response<FinetunedClassifierServiceInfoResponse>, Status> {
+        if let Some(remote) = self.service.remote_model() {
+            return Ok(Response::new(FinetunedClassifierServiceInfoResponse {
+                method: "mistral".to_owned(),
+                labels: Vec::new(),
+                manifest_json: serde_json::json!({"method": "mistral", "model": remote})
+                    .to_string(),
+            }));
+        }
         let model = self.service.current().ok_or_else(|| {
             into_status(FinetunedError::NoModel(
                 "no model loaded (see the service log)".into(),

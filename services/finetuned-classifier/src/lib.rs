@@ -7,6 +7,7 @@ pub mod error;
 pub mod finetune;
 pub mod grpc;
 pub mod linear;
+pub mod mistral;
 pub mod model;
 pub mod scoring;
 pub mod service;
@@ -39,7 +40,12 @@ pub async fn add_to(
         .set_not_serving::<FinetunedClassifierServiceServer<FinetunedGrpc>>()
         .await;
     let service = Arc::new(FinetunedService::new(config.clone())?);
-    if config.model.is_some() {
+    if let Some(remote) = service.remote_model() {
+        tracing::info!(model = remote, url = %config.mistral_url, "serving a Mistral fine-tuned classifier");
+        health
+            .set_serving::<FinetunedClassifierServiceServer<FinetunedGrpc>>()
+            .await;
+    } else if config.model.is_some() {
         grpc::reload(&service, &health)
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;

@@ -25,6 +25,7 @@ pub struct FinetunedService {
     current: RwLock<Option<Arc<Classifier>>>,
     embedder: EmbedderServiceClient<Channel>,
     reload_lock: tokio::sync::Mutex<()>,
+    remote: Option<(crate::mistral::MistralClient, String)>,
 }
 
 impl FinetunedService {
@@ -36,7 +37,19 @@ impl FinetunedService {
             .timeout(config.request_timeout())
             .tcp_nodelay(true)
             .connect_lazy();
+        let remote = match &config.mistral_model {
+            Some(model) => Some((
+                crate::mistral::MistralClient::new(
+                    &config.mistral_url,
+                    crate::mistral::api_key_from_env()?,
+                    config.request_timeout(),
+                )?,
+                model.clone(),
+            )),
+            None => None,
+        };
         Ok(Self {
+            remote,
             config,
             current: RwLock::new(None),
             embedder: EmbedderServiceClient::new(channel)
@@ -48,6 +61,11 @@ impl FinetunedService {
     /// The configured model directory.
     pub fn model_dir(&self) -> Option<&PathBuf> {
         self.config.model.as_ref()
+    }
+
+    /// The Mistral model id, when serving a remote classifier.
+    pub fn remote_model(&self) -> Option<&str> {
+        self.remote.as_ref().map(|(_, model)| model.as_str())
     }
 
     /// The loaded model, if any.
@@ -118,6 +136,21 @@ impl FinetunedService {
         top_k: Option<usize>,
     ) -> Result<Vec<FinetunedClassification>, FinetunedError> {
         self.validate(&texts)?;
+        if let Some((client, model)) = &self.remote {
+            let scores = client.classify(model, &texts, None).await?;
+            return Ok(scores
+                .into_iter()
+                .map(|scores| {
+                    let (labels, probabilities): (Vec<String>, Vec<f32>) =
+                        scores.into_iter().unzip();
+                    if labels.is_empty() {
+                        return FinetunedClassification::default();
+                    }
+                    let top_k = top_k.unwrap_or(DEFAULT_TOP_K).clamp(1, labels.len());
+                    to_result(&probabilities, &labels, top_k)
+                })
+                .collect());
+        }
         let model = self.current().ok_or_else(|| {
             FinetunedError::NoModel(match &self.config.model {
                 Some(dir) => format!("{} did not load; fix it and call Reload", dir.display()),

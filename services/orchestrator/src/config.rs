@@ -16,7 +16,7 @@ const DEFAULT_REQUEST_TIMEOUT_S: u64 = 60;
 const DEFAULT_FINETUNED_URL: &str = "http://127.0.0.1:50054";
 /// Chosen on validation (see README): below it the fine-tuned answer is
 /// re-checked by kNN.
-const DEFAULT_CASCADE_MIN_CONFIDENCE: f32 = 0.5;
+const DEFAULT_CASCADE_MIN_CONFIDENCE: f32 = 0.2;
 
 /// Orchestrator and gateway settings.
 #[derive(clap::Args, Debug, Clone)]
