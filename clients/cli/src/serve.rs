@@ -229,15 +229,10 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
     if let (Some(model), Ok(stats)) = (finetuned.current(), store.stats().await) {
         // Cascade mixes both: a label the model cannot produce but the index
         // holds means the model was trained on another label set.
-        let known: std::collections::HashSet<&str> =
-            model.labels().iter().map(String::as_str).collect();
-        let mut unknown: Vec<&str> = stats
-            .counts
-            .iter()
-            .map(|(label, _, _)| label.as_str())
-            .filter(|label| !known.contains(label))
-            .collect();
-        unknown.dedup();
+        let unknown = lextral_finetuned_classifier::model::labels_missing_from(
+            model.labels(),
+            stats.counts.iter().map(|(label, _, _)| label.as_str()),
+        );
         if !unknown.is_empty() {
             anyhow::bail!(
                 "the fine-tuned model's labels do not cover the index: {} indexed label(s) unknown to it \

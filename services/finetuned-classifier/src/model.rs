@@ -545,6 +545,20 @@ fn load_lexical(
     })
 }
 
+/// The labels in `index_labels` that `model_labels` lacks, each once, in
+/// first-seen order (a model trained on another label set).
+pub fn labels_missing_from<'a>(
+    model_labels: &[String],
+    index_labels: impl IntoIterator<Item = &'a str>,
+) -> Vec<&'a str> {
+    let known: std::collections::HashSet<&str> = model_labels.iter().map(String::as_str).collect();
+    let mut seen = std::collections::HashSet::new();
+    index_labels
+        .into_iter()
+        .filter(|label| !known.contains(label) && seen.insert(*label))
+        .collect()
+}
+
 /// Tensors and vocabulary of a lexical model, for saving.
 pub fn lexical_tensors(
     lexical: &LexicalModel,
@@ -716,6 +730,16 @@ mod tests {
             content_hash: String::new(),
         };
         (manifest, tensors, vocabulary)
+    }
+
+    #[test]
+    fn labels_missing_from_the_model_are_reported_once() {
+        let model = vec!["Notices".to_owned(), "Governing Laws".to_owned()];
+        assert!(labels_missing_from(&model, ["Notices", "Notices"]).is_empty());
+        assert_eq!(
+            labels_missing_from(&model, ["Taxes", "Notices", "Taxes", "Waivers"]),
+            ["Taxes", "Waivers"]
+        );
     }
 
     #[test]
