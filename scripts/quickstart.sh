@@ -45,7 +45,7 @@ fi
 if [ "${LEXTRAL_SKIP_TRAIN:-0}" != 1 ]; then
   MODEL="${LEXTRAL_FINETUNED_MODEL:-$HOME_DIR/models/ledgar-classifier}"
   if [ ! -f "$MODEL/manifest.json" ]; then
-    echo "quickstart: training the classifier (once; about 6 min on 2 cores) -> $MODEL"
+    echo "quickstart: training the classifier (once; about 5 min on 2 cores) -> $MODEL"
     "$BIN" train --data "$DATA" --out "$MODEL"
   fi
   export LEXTRAL_FINETUNED_MODEL="$MODEL"
