@@ -33,6 +33,21 @@ fn data(train_limit: usize, validation_limit: usize) -> TrainData {
     }
 }
 
+/// POSTs `/v1/classify`; returns the status and the JSON body.
+async fn classify(stack: &Stack, body: Value) -> (u16, Value) {
+    let reply = reqwest::Client::new()
+        .post(stack.rest("/v1/classify"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (reply.status().as_u16(), reply.json().await.unwrap())
+}
+
+fn error_message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or_default()
+}
+
 fn options(method: Method) -> TrainOptions {
     let mut options = TrainOptions {
         method,
@@ -92,20 +107,15 @@ async fn trained_model_serves_finetuned_and_cascade_and_reloads() {
 
     // REST, strategy finetuned: labels, calibrated probabilities, top-k.
     let clauses = ledgar("validation", 40);
-    let http = reqwest::Client::new();
-    let reply: Value = http
-        .post(stack.rest("/v1/classify"))
-        .json(&json!({
+    let (_, reply) = classify(
+        &stack,
+        json!({
             "texts": clauses.iter().map(|(t, _)| t).collect::<Vec<_>>(),
             "strategy": "finetuned",
             "options": { "top_k": 3 }
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     let results = reply["results"]
         .as_array()
         .unwrap_or_else(|| panic!("{reply}"));
@@ -137,19 +147,15 @@ async fn trained_model_serves_finetuned_and_cascade_and_reloads() {
         .collect();
     orchestrator.ingest(IngestRequest { items }).await.unwrap();
     for (threshold, expected) in [(1.0, "knn"), (0.0, "finetuned")] {
-        let reply: Value = http
-            .post(stack.rest("/v1/classify"))
-            .json(&json!({
+        let (_, reply) = classify(
+            &stack,
+            json!({
                 "texts": [clauses[0].0, clauses[1].0],
                 "strategy": "cascade",
                 "options": { "cascade_min_confidence": threshold }
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            }),
+        )
+        .await;
         for result in reply["results"]
             .as_array()
             .unwrap_or_else(|| panic!("{reply}"))
@@ -157,21 +163,13 @@ async fn trained_model_serves_finetuned_and_cascade_and_reloads() {
             assert_eq!(result["answered_by"], expected, "{reply}");
         }
     }
-    let bad = http
-        .post(stack.rest("/v1/classify"))
-        .json(&json!({"texts": ["x"], "strategy": "cascade", "options": {"cascade_min_confidence": 2.0}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    let body: Value = bad.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("min_confidence"),
-        "{body}"
-    );
+    let (status, body) = classify(
+        &stack,
+        json!({"texts": ["x"], "strategy": "cascade", "options": {"cascade_min_confidence": 2.0}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error_message(&body).contains("min_confidence"), "{body}");
 
     // Retrain into the same directory (a head on frozen embeddings), then
     // Reload: the new model answers, through the embedder service.
@@ -242,19 +240,14 @@ async fn missing_or_corrupt_model_is_a_clear_error() {
     // Not configured: the stack runs; the strategy answers 409 with a hint.
     let database = fresh_database().await;
     let stack = start_stack_with_model(&database, None, |_| {}).await;
-    let reply = reqwest::Client::new()
-        .post(stack.rest("/v1/classify"))
-        .json(&json!({"texts": ["Notices shall be in writing."], "strategy": "finetuned"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), 409);
-    let body: Value = reply.json().await.unwrap();
+    let (status, body) = classify(
+        &stack,
+        json!({"texts": ["Notices shall be in writing."], "strategy": "finetuned"}),
+    )
+    .await;
+    assert_eq!(status, 409);
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("LEXTRAL_FINETUNED_MODEL"),
+        error_message(&body).contains("LEXTRAL_FINETUNED_MODEL"),
         "{body}"
     );
     stack.shutdown().await;

@@ -318,7 +318,10 @@ pub fn finetune(
     // The bundled encoder: the base model's files with the tuned weights and
     // the training sequence length.
     let encoder = tempfile::tempdir()?;
-    copy_model_files(model_dir, encoder.path())?;
+    // Everything but the base weights (replaced below) and docs.
+    crate::model::copy_dir(model_dir, encoder.path(), &|name| {
+        name == "model.safetensors" || name.ends_with(".bin") || name == "README.md"
+    })?;
     std::fs::rename(&best_weights, encoder.path().join("model.safetensors")).or_else(|_| {
         std::fs::copy(&best_weights, encoder.path().join("model.safetensors")).map(|_| ())
     })?;
@@ -340,24 +343,4 @@ pub fn finetune(
             scores,
         },
     ))
-}
-
-fn copy_model_files(from: &Path, to: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
-        if name_str == "model.safetensors" || name_str.ends_with(".bin") || name_str == "README.md"
-        {
-            continue;
-        }
-        let target = to.join(&name);
-        if entry.path().is_dir() {
-            std::fs::create_dir_all(&target)?;
-            copy_model_files(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
 }

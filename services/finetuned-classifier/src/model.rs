@@ -627,7 +627,7 @@ pub fn write_model_dir(
         std::fs::write(dir.join(VOCABULARY_FILE), vocabulary)?;
     }
     if let Some(encoder) = encoder_dir {
-        copy_dir(encoder, &dir.join(ENCODER_DIR))?;
+        copy_dir(encoder, &dir.join(ENCODER_DIR), &|_| false)?;
     }
     manifest.files = hash_files(dir)?;
     manifest.content_hash = content_hash(&manifest.files);
@@ -654,13 +654,17 @@ pub fn write_model_dir(
     Ok(manifest)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies a directory tree, leaving out entries whose name `skip` accepts.
+pub(crate) fn copy_dir(from: &Path, to: &Path, skip: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
+        if skip(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
         let target = to.join(entry.file_name());
         if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target)?;
+            copy_dir(&entry.path(), &target, skip)?;
         } else {
             std::fs::copy(entry.path(), target)?;
         }

@@ -13,7 +13,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::dense::{train_head, DenseHead, HeadConfig};
-use crate::linear::{train_logistic, LogisticConfig};
+use crate::linear::{train_logistic, LinearModel, LogisticConfig};
 use crate::model::{
     lexical_tensors, write_model_dir, Combination, EmbeddingSpec, LexicalModel, Manifest, Method,
     TrainingInfo, ValidationReport, FORMAT,
@@ -130,7 +130,6 @@ struct LexicalFit {
     model: LexicalModel,
     c: f64,
     val_log_probs: Vec<Vec<f32>>,
-    scores: F1Scores,
 }
 
 fn fit_lexical(
@@ -152,8 +151,9 @@ fn fit_lexical(
         .collect();
     tracing::info!(features = vectorizer.dimension(), "TF-IDF vocabulary built");
     let progress = bar(options, options.c_grid.len() as u64, "lexical");
-    let mut best: Option<LexicalFit> = None;
-    let mut previous = None;
+    // (linear model, C, validation log-probabilities, scores) of the best C.
+    let mut best: Option<(LinearModel, f64, Vec<Vec<f32>>, F1Scores)> = None;
+    let mut previous: Option<LinearModel> = None;
     for &c in &options.c_grid {
         let config = LogisticConfig {
             c,
@@ -185,25 +185,22 @@ fn fit_lexical(
             "C={c}: {} iterations, validation macro-F1 {:.4} micro-F1 {:.4}",
             report.iterations, scores.macro_f1, scores.micro_f1
         ));
-        previous = Some(linear.clone());
-        let model = LexicalModel {
-            vectorizer: vectorizer.clone(),
-            linear,
-        };
-        if best.as_ref().is_none_or(|b| scores.better_than(&b.scores)) {
-            best = Some(LexicalFit {
-                model,
-                c,
-                val_log_probs,
-                scores,
-            });
+        if best.as_ref().is_none_or(|b| scores.better_than(&b.3)) {
+            best = Some((linear.clone(), c, val_log_probs, scores));
         }
+        // Warm start for the next C.
+        previous = Some(linear);
         if Instant::now() >= deadline {
             break;
         }
     }
     progress.finish();
-    best.ok_or_else(|| anyhow::anyhow!("no C value to try"))
+    let (linear, c, val_log_probs, _) = best.ok_or_else(|| anyhow::anyhow!("no C value to try"))?;
+    Ok(LexicalFit {
+        model: LexicalModel { vectorizer, linear },
+        c,
+        val_log_probs,
+    })
 }
 
 /// Embeds texts, reusing a cache keyed by model and texts (embedding is the
