@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs what the tests need (model files, a local
-# PostgreSQL + pgvector) into the cache and starts the database if it is not
+# Runs the whole test suite. Installs what the tests need (the embedding
+# model, the local LLM, a local PostgreSQL + pgvector) into the cache and starts the database if it is not
 # running; stops it again afterwards if this script started it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lextral/target}"
 
 LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -n 1)"
-export LEXTRAL_EMBED_MODEL
+LEXTRAL_LLM_MODEL="$(scripts/setup-llm.sh | tail -n 1)"
+export LEXTRAL_EMBED_MODEL LEXTRAL_LLM_MODEL
 
 started_db=0
 own_db=0
@@ -30,5 +31,5 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "test: model $LEXTRAL_EMBED_MODEL"
+echo "test: embedder $LEXTRAL_EMBED_MODEL, LLM $LEXTRAL_LLM_MODEL"
 cargo test --workspace --all-targets "$@"

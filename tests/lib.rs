@@ -13,6 +13,7 @@ use lextral_common::server::{serve_grpc, GrpcRoutes};
 use lextral_embedder::EmbedderConfig;
 use lextral_finetuned_classifier::FinetunedConfig;
 use lextral_orchestrator::OrchestratorConfig;
+use lextral_prompt_classifier::PromptConfig;
 use lextral_retriever::RetrieverConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,16 @@ pub fn model_dir() -> String {
     DIR.get_or_init(|| match std::env::var("LEXTRAL_EMBED_MODEL") {
         Ok(dir) if Path::new(&dir).is_dir() => dir,
         _ => last_line_of("setup-model.sh", &[], &[]),
+    })
+    .clone()
+}
+
+/// The local LLM file (`LEXTRAL_LLM_MODEL`, else the set-up script's cache).
+pub fn llm_model() -> String {
+    static FILE: OnceLock<String> = OnceLock::new();
+    FILE.get_or_init(|| match std::env::var("LEXTRAL_LLM_MODEL") {
+        Ok(file) if Path::new(&file).is_file() => file,
+        _ => last_line_of("setup-llm.sh", &[], &[]),
     })
     .clone()
 }
@@ -161,6 +172,8 @@ pub struct Stack {
     pub retriever: SocketAddr,
     /// Finetuned-classifier gRPC.
     pub finetuned: SocketAddr,
+    /// Prompt-classifier gRPC, when the stack has one.
+    pub prompt: Option<SocketAddr>,
     /// Orchestrator gRPC.
     pub orchestrator: SocketAddr,
     /// REST gateway.
@@ -236,6 +249,18 @@ pub async fn start_stack_with_model(
     model: Option<PathBuf>,
     tweak: impl FnOnce(&mut OrchestratorConfig),
 ) -> Stack {
+    start_stack_with(database_url, model, None, tweak).await
+}
+
+/// [`start_stack_with_model`] plus a prompt-classifier with `prompt`
+/// settings (none: no prompt-classifier runs, prompt strategies fail
+/// UNAVAILABLE).
+pub async fn start_stack_with(
+    database_url: &str,
+    model: Option<PathBuf>,
+    prompt: Option<PromptConfig>,
+    tweak: impl FnOnce(&mut OrchestratorConfig),
+) -> Stack {
     lextral_common::telemetry::init_tracing(false);
     lextral_common::metrics::prometheus_handle();
     let token = CancellationToken::new();
@@ -270,8 +295,26 @@ pub async fn start_stack_with_model(
     let finetuned = listener.local_addr().unwrap();
     tasks.push(spawn_grpc(routes, listener, &token));
 
+    let prompt = match prompt {
+        Some(mut prompt_config) => {
+            prompt_config.embedder_url = Some(Stack::url(embedder));
+            let mut routes = GrpcRoutes::new();
+            lextral_prompt_classifier::add_to(&prompt_config, &mut routes)
+                .await
+                .expect("prompt-classifier starts");
+            let listener = ephemeral().await;
+            let addr = listener.local_addr().unwrap();
+            tasks.push(spawn_grpc(routes, listener, &token));
+            Some(addr)
+        }
+        None => None,
+    };
+
     let mut config = OrchestratorConfig::with_urls(Stack::url(embedder), Stack::url(retriever));
     config.finetuned_url = Stack::url(finetuned);
+    if let Some(addr) = prompt {
+        config.prompt_url = Stack::url(addr);
+    }
     config.request_timeout_s = 180;
     tweak(&mut config);
     let mut routes = GrpcRoutes::new();
@@ -297,6 +340,7 @@ pub async fn start_stack_with_model(
         embedder,
         retriever,
         finetuned,
+        prompt,
         orchestrator,
         http,
         token,

@@ -83,8 +83,10 @@ async fn rest_rejects_bad_requests_with_json_errors() {
         json!({ "texts": [clause], "strategy": "zero-shot" }),
     )
     .await;
-    assert_eq!(status, 501);
-    assert_eq!(body["error"]["code"], "unimplemented");
+    // Nothing is indexed, so there is no label set to prompt with.
+    assert_eq!(status, 409);
+    assert_eq!(body["error"]["code"], "failed_precondition");
+    assert!(message(&body).contains("index is empty"), "{body}");
 
     let response = reqwest::Client::new()
         .post(stack.rest("/v1/classify"))
@@ -167,7 +169,8 @@ async fn grpc_rejects_bad_requests_and_keeps_data_intact() {
         .classify(classify(vec!["a clause".into()], Strategy::Rag, None))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("index is empty"), "{status:?}");
 
     let status = embedder
         .embed(EmbedRequest {

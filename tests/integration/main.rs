@@ -5,3 +5,4 @@ mod database;
 mod embedder;
 mod end_to_end;
 mod finetuned;
+mod prompt;

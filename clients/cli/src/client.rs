@@ -7,7 +7,9 @@ use clap::Args;
 use lextral_orchestrator::http::reply_body;
 use lextral_orchestrator::names::{parse_strategy, parse_vote};
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
-use lextral_proto::v1::{CascadeOptions, ClassifyRequest, FinetunedOptions, KnnOptions, Strategy};
+use lextral_proto::v1::{
+    CascadeOptions, ClassifyRequest, FinetunedOptions, KnnOptions, PromptOptions, Strategy,
+};
 use tonic::transport::Channel;
 
 /// Where the orchestrator is.
@@ -72,6 +74,13 @@ pub struct StrategyArgs {
     /// server default if absent.
     #[arg(long = "cascade-min-confidence")]
     pub cascade_min_confidence: Option<f32>,
+    /// RAG: labelled examples shown to the LLM (1..=32); server default
+    /// (--rag-k) if absent.
+    #[arg(long = "rag-k")]
+    pub rag_k: Option<u32>,
+    /// Prompt strategies: cap on generated tokens.
+    #[arg(long = "max-output-tokens")]
+    pub max_output_tokens: Option<u32>,
 }
 
 impl StrategyArgs {
@@ -103,7 +112,10 @@ impl StrategyArgs {
             cascade: Some(CascadeOptions {
                 min_confidence: self.cascade_min_confidence,
             }),
-            ..Default::default()
+            prompt: Some(PromptOptions {
+                k: self.rag_k,
+                max_output_tokens: self.max_output_tokens,
+            }),
         })
     }
 }
@@ -158,6 +170,9 @@ pub async fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
             );
         } else {
             println!("{}  (confidence {:.3})", result.label, result.confidence);
+        }
+        if let Some(raw) = &result.raw_output {
+            println!("  LLM answered: {raw:?}");
         }
         for alternative in result.alternatives.iter().skip(1).take(3) {
             println!("  also: {}  {:.3}", alternative.label, alternative.score);

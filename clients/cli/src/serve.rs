@@ -10,6 +10,7 @@ use lextral_common::shutdown::shutdown_token;
 use lextral_embedder::EmbedderConfig;
 use lextral_finetuned_classifier::FinetunedConfig;
 use lextral_orchestrator::OrchestratorConfig;
+use lextral_prompt_classifier::PromptConfig;
 use lextral_retriever::RetrieverConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +27,8 @@ pub enum Target {
     Orchestrator(OrchestratorArgs),
     /// The fine-tuned classifier alone.
     FinetunedClassifier(FinetunedArgs),
+    /// The prompt classifier (LLM backends) alone.
+    PromptClassifier(PromptArgs),
 }
 
 /// Prometheus endpoint flag shared by all targets.
@@ -46,7 +49,8 @@ pub struct AllArgs {
     /// REST gateway address.
     #[arg(long, env = "LEXTRAL_HTTP", default_value = "127.0.0.1:8080")]
     http: String,
-    /// gRPC address for every service (orchestrator, embedder, retriever, finetuned-classifier).
+    /// gRPC address for every service (orchestrator, embedder, retriever,
+    /// finetuned-classifier, prompt-classifier).
     #[arg(long, env = "LEXTRAL_GRPC", default_value = "127.0.0.1:50051")]
     grpc: String,
     #[command(flatten)]
@@ -58,6 +62,9 @@ pub struct AllArgs {
     /// Fine-tuned classifier settings; its embedder URL is ignored.
     #[command(flatten)]
     finetuned: FinetunedConfig,
+    /// Prompt classifier settings; its embedder URL is ignored.
+    #[command(flatten)]
+    prompt: PromptConfig,
     /// Orchestrator settings; its downstream URLs are ignored, since every
     /// service is in this process.
     #[command(flatten)]
@@ -98,6 +105,18 @@ pub struct FinetunedArgs {
     metrics: MetricsArgs,
     #[command(flatten)]
     config: FinetunedConfig,
+}
+
+/// `serve prompt-classifier`.
+#[derive(Args)]
+pub struct PromptArgs {
+    /// gRPC address.
+    #[arg(long, env = "LEXTRAL_GRPC", default_value = "127.0.0.1:50055")]
+    grpc: String,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    config: PromptConfig,
 }
 
 /// `serve orchestrator`.
@@ -181,6 +200,17 @@ pub async fn run(target: Target) -> anyhow::Result<()> {
             })
             .await
         }
+        Target::PromptClassifier(args) => {
+            start_metrics(&args.metrics, &token).await?;
+            let listener = bind(&args.grpc).await?;
+            tracing::info!(addr = %listener.local_addr()?, "prompt-classifier gRPC listening");
+            lextral_prompt_classifier::run(
+                args.config,
+                listener,
+                async move { token.cancelled().await },
+            )
+            .await
+        }
         Target::Orchestrator(args) => {
             start_metrics(&args.metrics, &token).await?;
             let grpc = bind(&args.grpc).await?;
@@ -202,6 +232,7 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
         embedder = ?args.embedder,
         retriever = ?args.retriever,
         finetuned = ?args.finetuned,
+        prompt = ?args.prompt,
         orchestrator = ?args.orchestrator,
         "starting all services"
     );
@@ -242,8 +273,12 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
             );
         }
     }
+    let mut prompt_config = args.prompt.clone();
+    prompt_config.embedder_url = Some(loopback_url(grpc_addr));
+    lextral_prompt_classifier::add_to(&prompt_config, &mut routes).await?;
     let mut orchestrator_config = args.orchestrator.clone();
     orchestrator_config.finetuned_url = loopback_url(grpc_addr);
+    orchestrator_config.prompt_url = loopback_url(grpc_addr);
     orchestrator_config.embedder_url = loopback_url(grpc_addr);
     orchestrator_config.retriever_url = loopback_url(grpc_addr);
     let orchestrator = lextral_orchestrator::add_to(&orchestrator_config, &mut routes).await?;

@@ -17,6 +17,10 @@ const DEFAULT_FINETUNED_URL: &str = "http://127.0.0.1:50054";
 /// Chosen on validation (see README): below it the fine-tuned answer is
 /// re-checked by kNN.
 const DEFAULT_CASCADE_MIN_CONFIDENCE: f32 = 0.2;
+const DEFAULT_PROMPT_URL: &str = "http://127.0.0.1:50055";
+/// RAG examples per clause: enough for the label to recur among them, few
+/// enough that a local model reads the prompt in seconds.
+const DEFAULT_RAG_K: u32 = 4;
 
 /// Orchestrator and gateway settings.
 #[derive(clap::Args, Debug, Clone)]
@@ -47,6 +51,29 @@ pub struct OrchestratorConfig {
         default_value = DEFAULT_FINETUNED_URL
     )]
     pub finetuned_url: String,
+
+    /// Prompt-classifier gRPC URL. `serve all` points it at its own gRPC port.
+    #[arg(
+        id = "prompt-url",
+        long = "prompt-url",
+        env = "LEXTRAL_PROMPT_URL",
+        default_value = DEFAULT_PROMPT_URL
+    )]
+    pub prompt_url: String,
+
+    /// RAG: labelled examples retrieved per clause (request option `k` overrides).
+    #[arg(
+        id = "rag-k",
+        long = "rag-k",
+        env = "LEXTRAL_RAG_K",
+        default_value_t = DEFAULT_RAG_K
+    )]
+    pub rag_k: u32,
+
+    /// Label set for ZERO_SHOT and RAG prompts: a labels.txt file (one label
+    /// per line). Without it the labels in the index are used.
+    #[arg(id = "labels", long = "labels", env = "LEXTRAL_LABELS")]
+    pub labels_file: Option<std::path::PathBuf>,
 
     /// CASCADE: fine-tuned answers below this probability fall back to kNN.
     #[arg(
@@ -150,6 +177,9 @@ impl OrchestratorConfig {
             embedder_url: embedder_url.into(),
             retriever_url: retriever_url.into(),
             finetuned_url: DEFAULT_FINETUNED_URL.to_owned(),
+            prompt_url: DEFAULT_PROMPT_URL.to_owned(),
+            rag_k: DEFAULT_RAG_K,
+            labels_file: None,
             cascade_min_confidence: DEFAULT_CASCADE_MIN_CONFIDENCE,
             knn_k: DEFAULT_KNN_K,
             knn_vote: DEFAULT_KNN_VOTE.to_owned(),

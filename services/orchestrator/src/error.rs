@@ -12,6 +12,9 @@ pub enum OrchestratorError {
     /// The strategy exists in the API but is not available in this deployment.
     #[error("{0}")]
     Unimplemented(String),
+    /// The system is not in a state to answer (e.g. no label set yet).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A downstream service failed.
     #[error("{service}: {message}")]
     Downstream {
@@ -40,6 +43,7 @@ impl ServiceError for OrchestratorError {
         match self {
             Self::InvalidArgument(_) => ServiceErrorCode::BadRequest,
             Self::Unimplemented(_) => ServiceErrorCode::Unimplemented,
+            Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
             Self::Downstream { code, .. } => *code,
             Self::Internal(_) => ServiceErrorCode::Internal,
         }

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient,
     finetuned_classifier_service_client::FinetunedClassifierServiceClient,
+    prompt_classifier_service_client::PromptClassifierServiceClient,
     retriever_service_client::RetrieverServiceClient, ClassificationResult, ClassifyRequest,
-    ClassifyResponse, EmbedRequest, FinetunedClassifierServiceClassifyRequest, IngestRequest,
-    IngestResponse, KnnOptions, LabelCount, LabelScore, LabeledText, LabelsResponse, QueryVector,
+    ClassifyResponse, EmbedRequest, FewShotExamples, FinetunedClassifierServiceClassifyRequest,
+    IngestRequest, IngestResponse, KnnOptions, LabelCount, LabelScore, LabeledText, LabelsResponse,
+    Neighbor, PromptClassifierServiceClassifyRequest, PromptMode, PromptOptions, QueryVector,
     SearchRequest, StageLatency, StatsRequest, Strategy, UpsertRecord, UpsertRequest, VoteMethod,
 };
 use tonic::transport::{Channel, Endpoint};
@@ -23,6 +25,12 @@ use crate::names::{parse_vote, strategy_name};
 
 /// Largest k a kNN request may ask for (the retriever's limit).
 pub const MAX_K: u32 = 100;
+
+/// Largest number of RAG examples per clause.
+pub const MAX_RAG_K: u32 = 32;
+
+/// How long the index's label list is reused for prompts.
+const LABELS_TTL: Duration = Duration::from_secs(30);
 
 /// The readiness of one dependency.
 #[derive(Debug, Clone)]
@@ -40,6 +48,9 @@ pub struct Orchestrator {
     embedder: EmbedderServiceClient<Channel>,
     retriever: RetrieverServiceClient<Channel>,
     finetuned: FinetunedClassifierServiceClient<Channel>,
+    prompt: PromptClassifierServiceClient<Channel>,
+    /// Label set for prompts, refreshed from the index every LABELS_TTL.
+    prompt_labels: tokio::sync::RwLock<Option<(Instant, Vec<String>)>>,
     embedder_channel: Channel,
     retriever_channel: Channel,
     config: OrchestratorConfig,
@@ -84,6 +95,12 @@ impl Orchestrator {
                 config.request_timeout(),
             )?)
             .max_decoding_message_size(64 * 1024 * 1024),
+            prompt: PromptClassifierServiceClient::new(channel(
+                &config.prompt_url,
+                config.request_timeout(),
+            )?)
+            .max_decoding_message_size(64 * 1024 * 1024),
+            prompt_labels: tokio::sync::RwLock::new(None),
             embedder_channel,
             retriever_channel,
             config,
@@ -227,11 +244,14 @@ impl Orchestrator {
                 self.classify_cascade(request.texts, top_k, threshold, &params)
                     .await?
             }
-            Strategy::Rag | Strategy::ZeroShot => {
-                return Err(OrchestratorError::Unimplemented(format!(
-                    "strategy {} is not available in this deployment yet",
-                    strategy_name(strategy)
-                )))
+            Strategy::ZeroShot => {
+                self.classify_prompt(request.texts, None, request.prompt)
+                    .await?
+            }
+            Strategy::Rag => {
+                let params = self.knn_params(request.knn)?;
+                self.classify_prompt(request.texts, Some(&params), request.prompt)
+                    .await?
             }
         };
         response.strategy = strategy as i32;
@@ -423,6 +443,187 @@ impl Orchestrator {
         }
         metrics::counter!("lextral_cascade_fallbacks_total").increment(unsure.len() as u64);
         Ok(response)
+    }
+
+    /// The label set prompts choose from: `--labels` if given, else the
+    /// index's labels (cached for LABELS_TTL).
+    async fn prompt_label_set(&self) -> Result<Vec<String>, OrchestratorError> {
+        if let Some(path) = &self.config.labels_file {
+            let text = tokio::fs::read_to_string(path).await.map_err(|err| {
+                OrchestratorError::FailedPrecondition(format!(
+                    "cannot read the label file {}: {err}",
+                    path.display()
+                ))
+            })?;
+            let labels: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if labels.is_empty() {
+                return Err(OrchestratorError::FailedPrecondition(format!(
+                    "the label file {} is empty",
+                    path.display()
+                )));
+            }
+            return Ok(labels);
+        }
+        if let Some((at, labels)) = self.prompt_labels.read().await.as_ref() {
+            if at.elapsed() < LABELS_TTL {
+                return Ok(labels.clone());
+            }
+        }
+        let labels = self.labels().await?.labels;
+        if labels.is_empty() {
+            return Err(OrchestratorError::FailedPrecondition(
+                "the index is empty, so there is no label set to prompt with: index labelled clauses (lextral index) or start the orchestrator with --labels labels.txt".into(),
+            ));
+        }
+        *self.prompt_labels.write().await = Some((Instant::now(), labels.clone()));
+        Ok(labels)
+    }
+
+    /// ZERO_SHOT (`rag` None) or RAG: retrieve k labelled neighbours per
+    /// clause and show them to the LLM as examples.
+    async fn classify_prompt(
+        &self,
+        texts: Vec<String>,
+        rag: Option<&KnnParams>,
+        options: Option<PromptOptions>,
+    ) -> Result<ClassifyResponse, OrchestratorError> {
+        let options = options.unwrap_or_default();
+        if options.max_output_tokens == Some(0) {
+            return Err(OrchestratorError::InvalidArgument(
+                "max_output_tokens must be at least 1".into(),
+            ));
+        }
+        let count = texts.len();
+        let mut latencies = Vec::new();
+        let labels = self.prompt_label_set().await?;
+        let mut neighbors: Vec<Vec<Neighbor>> = vec![Vec::new(); count];
+        let mut embed_truncated = vec![false; count];
+        let (mode, strategy) = match rag {
+            None => (PromptMode::ZeroShot, Strategy::ZeroShot),
+            Some(params) => {
+                let k = options.k.unwrap_or(self.config.rag_k);
+                if k == 0 || k > MAX_RAG_K {
+                    return Err(OrchestratorError::InvalidArgument(format!(
+                        "RAG k must be in 1..={MAX_RAG_K}, got {k}"
+                    )));
+                }
+                let started = Instant::now();
+                let embeddings = self.embed(texts.clone()).await?;
+                latencies.push(stage("embed", started.elapsed()));
+                embed_truncated = embeddings.iter().map(|e| e.truncated).collect();
+                let started = Instant::now();
+                let search = self
+                    .retriever
+                    .clone()
+                    .search(SearchRequest {
+                        queries: embeddings
+                            .into_iter()
+                            .map(|e| QueryVector { values: e.values })
+                            .collect(),
+                        k,
+                        min_similarity: Some(params.min_similarity),
+                        splits: params.splits.clone(),
+                        labels: Vec::new(),
+                        ef_search: params.ef_search,
+                    })
+                    .await
+                    .map_err(OrchestratorError::downstream("retriever"))?
+                    .into_inner();
+                latencies.push(stage("search", started.elapsed()));
+                if search.results.len() != count {
+                    return Err(OrchestratorError::Internal(format!(
+                        "retriever returned {} results for {count} queries",
+                        search.results.len()
+                    )));
+                }
+                for (slot, result) in neighbors.iter_mut().zip(search.results) {
+                    if result.neighbors.is_empty() {
+                        return Err(OrchestratorError::FailedPrecondition(
+                            "RAG found no labelled examples: the index is empty (or min_similarity excludes every clause)".into(),
+                        ));
+                    }
+                    *slot = result.neighbors;
+                }
+                (PromptMode::FewShot, Strategy::Rag)
+            }
+        };
+        let examples = match mode {
+            PromptMode::FewShot => neighbors
+                .iter()
+                .map(|n| FewShotExamples {
+                    examples: n
+                        .iter()
+                        .map(|n| LabeledText {
+                            text: n.text.clone(),
+                            label: n.label.clone(),
+                            split: n.split.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let started = Instant::now();
+        let response = self
+            .prompt
+            .clone()
+            .classify(PromptClassifierServiceClassifyRequest {
+                texts,
+                labels,
+                mode: mode as i32,
+                examples,
+                max_output_tokens: options.max_output_tokens,
+            })
+            .await
+            .map_err(OrchestratorError::downstream("prompt-classifier"))?
+            .into_inner();
+        latencies.push(stage("llm", started.elapsed()));
+        if response.results.len() != count {
+            return Err(OrchestratorError::Internal(format!(
+                "prompt-classifier returned {} results for {count} texts",
+                response.results.len()
+            )));
+        }
+        let results = response
+            .results
+            .into_iter()
+            .zip(neighbors)
+            .zip(embed_truncated)
+            .map(|((r, neighbors), embed_truncated)| {
+                let abstained = r.label.is_empty();
+                ClassificationResult {
+                    abstain_reason: if abstained {
+                        "the LLM answer matched no label".to_owned()
+                    } else {
+                        String::new()
+                    },
+                    confidence: r.confidence.unwrap_or(0.0),
+                    abstained,
+                    label: r.label,
+                    neighbors,
+                    answered_by: strategy as i32,
+                    raw_output: r.raw_output,
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                    cost_usd: r.cost_usd,
+                    truncated: r.truncated || embed_truncated,
+                    ..Default::default()
+                }
+            })
+            .collect::<Vec<_>>();
+        let cost: f64 = results.iter().map(|r| r.cost_usd).sum();
+        metrics::counter!("lextral_llm_cost_microdollars_total", "strategy" => strategy_name(strategy))
+            .increment((cost * 1e6).round() as u64);
+        Ok(ClassifyResponse {
+            results,
+            latencies,
+            strategy: strategy as i32,
+        })
     }
 
     /// The labels in the index with their counts.
