@@ -4,7 +4,9 @@
 # LEDGAR (../shared/data/ledgar, else fetched from the Hugging Face Hub) and
 # classifies an example. It also trains the default classifier once (cached
 # in ~/.cache/lextral/models/ledgar-classifier; LEXTRAL_FINETUNED_MODEL names
-# another, LEXTRAL_SKIP_TRAIN=1 skips it). The server keeps running; stop it with
+# another, LEXTRAL_SKIP_TRAIN=1 skips it) and caches the offline LLM for the
+# zero-shot and RAG strategies (scripts/setup-llm.sh; LEXTRAL_LLM_BACKEND other
+# than local skips it). The server keeps running; stop it with
 # `scripts/quickstart.sh stop`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +31,10 @@ echo "quickstart: building (release)"
 cargo build --release --quiet -p lextral-cli
 
 LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -n 1)"
+if [ "${LEXTRAL_LLM_BACKEND:-local}" = local ] && [ -z "${LEXTRAL_LLM_MODEL:-}" ]; then
+  LEXTRAL_LLM_MODEL="$(scripts/setup-llm.sh | tail -n 1)"
+  export LEXTRAL_LLM_MODEL
+fi
 LEXTRAL_DATABASE_URL="${LEXTRAL_DATABASE_URL:-$(scripts/dev-db.sh start | tail -n 1)}"
 export LEXTRAL_EMBED_MODEL LEXTRAL_DATABASE_URL
 
@@ -80,6 +86,12 @@ EXAMPLE="This Agreement shall be governed by and construed in accordance with th
 if [ -n "${LEXTRAL_FINETUNED_MODEL:-}" ]; then
   "$BIN" classify --server "http://$GRPC" --strategy finetuned "$EXAMPLE"
 fi
+# The local LLM loads in the background (seconds); give it a moment.
+for attempt in $(seq 1 30); do
+  if "$BIN" classify --server "http://$GRPC" --strategy rag "$EXAMPLE"; then break; fi
+  [ "$attempt" = 30 ] && { echo "quickstart: rag did not answer; see $RUN_DIR/lextral.log" >&2; exit 1; }
+  sleep 2
+done
 
 cat <<TXT
 
@@ -89,6 +101,6 @@ Lextral is running:
   REST          curl -s http://$HTTP/v1/classify -H 'content-type: application/json' -d '{"texts":["..."],"strategy":"knn"}'
   gRPC          $GRPC (grpcurl -plaintext $GRPC list)
   evaluate      $BIN eval --data $DATA --split validation --strategy knn --report report.json
-                (strategies: knn, finetuned, cascade)
+                (strategies: knn, finetuned, cascade, rag, zero-shot)
   stop          scripts/quickstart.sh stop
 TXT

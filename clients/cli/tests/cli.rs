@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lextral_integration_tests::{admin_database_url, fresh_database, ledgar, model_dir};
+use lextral_integration_tests::{admin_database_url, fresh_database, ledgar, llm_model, model_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lextral");
 
@@ -63,6 +63,7 @@ async fn serve_index_classify_eval_and_stop() {
         ])
         .env("LEXTRAL_DATABASE_URL", &database)
         .env("LEXTRAL_EMBED_MODEL", model_dir())
+        .env("LEXTRAL_LLM_MODEL", llm_model())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -132,16 +133,39 @@ async fn serve_index_classify_eval_and_stop() {
     assert_eq!(reply["strategy"], "knn");
     assert_eq!(reply["results"][0]["label"], train[3].1.as_str());
 
-    let output = lextral(&[
-        "classify",
-        "--strategy",
-        "rag",
-        "--server",
-        &server_url,
-        "a clause",
-    ]);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("Unimplemented"));
+    // RAG through the local LLM (scripts/test.sh sets LEXTRAL_LLM_MODEL); it
+    // loads in the background, so retry while it says FailedPrecondition.
+    let started = Instant::now();
+    let output = loop {
+        let output = lextral(&[
+            "classify",
+            "--json",
+            "--strategy",
+            "rag",
+            "--rag-k",
+            "2",
+            "--server",
+            &server_url,
+            &train[3].0,
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.success()
+            || !stderr.contains("FailedPrecondition")
+            || started.elapsed() > Duration::from_secs(90)
+        {
+            break output;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(reply["results"][0]["answered_by"], "rag");
+    let label = reply["results"][0]["label"].as_str().unwrap();
+    assert!(train.iter().any(|(_, l)| l == label), "{reply}");
 
     let report = data.path().join("report.json");
     let output = lextral(&[
@@ -224,4 +248,78 @@ fn unknown_strategy_and_missing_database_url_are_clear_errors() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--database-url"));
+}
+
+#[test]
+fn eval_score_parses_and_scores_external_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, "Governing Laws\nNotices\nConfidentiality\n").unwrap();
+    let predictions = dir.path().join("predictions.jsonl");
+    let lines = [
+        r#"{"label": "Governing Laws", "prediction": "The most appropriate option is: Governing Laws."}"#,
+        r#"{"label": "Governing Laws", "prediction": "governing law"}"#,
+        r#"{"label": "Notices", "prediction": "[Notices]"}"#,
+        r#"{"label": "Notices", "prediction": "Confidentiality and Non-Disclosure"}"#,
+        r#"{"label": "Confidentiality", "prediction": "I cannot tell."}"#,
+    ];
+    std::fs::write(&predictions, lines.join("\n") + "\n").unwrap();
+    let report = dir.path().join("report.json");
+    let output = Command::new(BIN)
+        .args(["eval", "score", "--labels"])
+        .arg(&labels)
+        .arg("--predictions")
+        .arg(&predictions)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // 3 of 5 right; one wrong (Confidentiality for Notices); one abstained.
+    assert_eq!(report["n"], 5);
+    assert_eq!(report["abstained"], 1);
+    assert!((report["accuracy"].as_f64().unwrap() - 0.6).abs() < 1e-9);
+    // Micro: precision 3/4, recall 3/5 → F1 2/3.
+    assert!((report["micro_f1"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    // Per label F1: Governing Laws 1, Notices 2/3, Confidentiality 0.
+    assert!((report["macro_f1"].as_f64().unwrap() - (1.0 + 2.0 / 3.0) / 3.0).abs() < 1e-9);
+    for key in [
+        "strategy",
+        "latency_ms",
+        "per_label",
+        "micro_f1",
+        "macro_f1",
+    ] {
+        assert!(report.get(key).is_some(), "report lacks {key}");
+    }
+    assert_eq!(report["parse_methods"]["normalized"], 2);
+    assert_eq!(report["parse_methods"]["edit_distance"], 1);
+    assert_eq!(report["parse_methods"]["contained"], 1);
+    assert_eq!(report["parse_methods"]["none"], 1);
+
+    // A gold label outside the label set names the file and line.
+    std::fs::write(
+        &predictions,
+        lines[0].to_owned() + "\n" + r#"{"label": "Nope", "prediction": "x"}"# + "\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["eval", "score", "--labels"])
+        .arg(&labels)
+        .arg("--predictions")
+        .arg(&predictions)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("Nope"),
+        "{stderr}"
+    );
 }
