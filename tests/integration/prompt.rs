@@ -38,12 +38,16 @@ async fn fake_llm() -> (String, Seen) {
                         axum::Json(json!({"message": "Unauthorized"})),
                     );
                 }
-                let answer = match prompt.split("\nCategory: ").nth(1) {
+                let answer = if prompt.contains("PARAPHRASE-TEST") {
+                    "which state law governs".to_owned()
+                } else {
+                    match prompt.split("\nCategory: ").nth(1) {
                     Some(rest) => format!(
                         "The most appropriate option is: {}.",
                         rest.lines().next().unwrap_or_default()
                     ),
                     None => "governing law".to_owned(),
+                    }
                 };
                 (
                     axum::http::StatusCode::OK,
@@ -145,6 +149,16 @@ async fn zero_shot_and_rag_through_a_chat_api() {
         indexed.iter().map(String::as_str).collect::<Vec<_>>()
     );
     assert!(zero_shot_prompt.contains(query));
+
+    // No label name in the answer: the embedder finds the nearest label.
+    let (status, reply) = post(
+        &stack,
+        json!({"texts": ["PARAPHRASE-TEST clause"], "strategy": "zero-shot"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["results"][0]["label"], "Governing Laws", "{reply}");
+    assert_eq!(reply["results"][0]["raw_output"], "which state law governs");
 
     // RAG on an indexed clause: its nearest example is itself.
     let (text, label) = &clauses[3];

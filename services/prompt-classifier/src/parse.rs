@@ -1,5 +1,7 @@
 //! Maps a model's free-text answer to one label of the label set. Steps, in
-//! order, each tried only when the previous found nothing:
+//! order, each tried only when the previous found nothing (steps 2 and 3 look
+//! at the answer's first line before the whole answer, since chatty models
+//! answer first and explain after, often naming other labels):
 //! 1. `exact`: the trimmed answer is a label;
 //! 2. `normalized`: equal after lower-casing, dropping punctuation and
 //!    answer prefixes such as "Category:" or "The answer is";
@@ -144,27 +146,33 @@ impl LabelMatcher {
         if let Some(label) = self.labels.iter().find(|l| l.as_str() == trimmed) {
             return (Some(label), ParseMethod::Exact);
         }
-        let normalized = normalize(answer);
-        let stripped = strip_answer_prefix(&normalized);
-        if stripped.is_empty() {
-            return (None, ParseMethod::None);
+        // The first line alone first: chatty models put the answer there and
+        // an explanation (naming other labels) after it.
+        let first_line = answer.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let whole = normalize(answer);
+        let first = normalize(first_line);
+        for text in [&first, &whole] {
+            let stripped = strip_answer_prefix(text);
+            if stripped.is_empty() {
+                continue;
+            }
+            if let Some(i) = self.normalized.iter().position(|l| l == stripped) {
+                return (Some(&self.labels[i]), ParseMethod::Normalized);
+            }
         }
-        if let Some(i) = self.normalized.iter().position(|l| l == stripped) {
-            return (Some(&self.labels[i]), ParseMethod::Normalized);
-        }
-        let padded = format!(" {normalized} ");
-        let contained = self
-            .normalized
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.is_empty() && padded.contains(&format!(" {l} ")))
-            .max_by_key(|(_, l)| l.len());
-        if let Some((i, _)) = contained {
-            return (Some(&self.labels[i]), ParseMethod::Contained);
+        for text in [&first, &whole] {
+            let padded = format!(" {text} ");
+            let contained = self
+                .normalized
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_empty() && padded.contains(&format!(" {l} ")))
+                .max_by_key(|(_, l)| l.len());
+            if let Some((i, _)) = contained {
+                return (Some(&self.labels[i]), ParseMethod::Contained);
+            }
         }
         // Only the first line: models tend to add an explanation after it.
-        let first_line = answer.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-        let first = normalize(first_line);
         let first = strip_answer_prefix(&first);
         let best = self
             .normalized
@@ -229,6 +237,16 @@ mod tests {
                 "Termination\nBecause the clause ends the agreement.",
                 "Terminations",
                 ParseMethod::EditDistance,
+            ),
+            (
+                "**Notices**\nIt is not about Compliance With Laws.",
+                "Notices",
+                ParseMethod::Normalized,
+            ),
+            (
+                "I would say Notices.\nCompliance With Laws does not fit.",
+                "Notices",
+                ParseMethod::Contained,
             ),
         ];
         for (answer, label, method) in cases {

@@ -385,6 +385,10 @@ impl PromptService {
     async fn nearest_by_embedding(&self, answer: &str, matcher: &LabelMatcher) -> Option<String> {
         let embedder = self.embedder.as_ref()?;
         let mut cache = self.label_vectors.lock().await;
+        if cache.len() > 10_000 {
+            // Label sets change rarely; a bound keeps a stream of ad-hoc sets from growing it.
+            cache.clear();
+        }
         let mut missing: Vec<String> = matcher
             .labels()
             .iter()
@@ -424,5 +428,92 @@ impl PromptService {
             })
             .max_by(|a, b| a.1.total_cmp(&b.1))?;
         (best.1 >= self.config.embedding_min_similarity).then(|| best.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lextral_proto::v1::LabeledText;
+
+    fn input(texts: &[&str], labels: &[&str]) -> ClassifyInput {
+        ClassifyInput {
+            texts: texts.iter().map(|s| s.to_string()).collect(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            mode: PromptMode::ZeroShot,
+            examples: Vec::new(),
+            max_output_tokens: None,
+            deadline: Instant::now() + Duration::from_secs(5),
+        }
+    }
+
+    async fn error(service: &PromptService, input: ClassifyInput) -> String {
+        match service.classify(input).await {
+            Err(PromptError::BadRequest(message)) => message,
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_rejected_before_any_llm_call() {
+        let (service, _) = PromptService::new(PromptConfig::default()).unwrap();
+        assert!(error(&service, input(&[], &["A"])).await.contains("texts"));
+        assert!(error(&service, input(&["  "], &["A"]))
+            .await
+            .contains("text 0 is empty"));
+        assert!(error(&service, input(&["x"], &[]))
+            .await
+            .contains("labels must not be empty"));
+        assert!(error(&service, input(&["x"], &["A", " "]))
+            .await
+            .contains("label 1 is empty"));
+        let mut few = input(&["x", "y"], &["A"]);
+        few.mode = PromptMode::FewShot;
+        assert!(error(&service, few.clone())
+            .await
+            .contains("one examples entry per text"));
+        few.examples = vec![
+            FewShotExamples {
+                examples: vec![LabeledText {
+                    text: "t".into(),
+                    label: "A".into(),
+                    split: String::new(),
+                }],
+            },
+            FewShotExamples::default(),
+        ];
+        assert!(error(&service, few)
+            .await
+            .contains("text 1 has no few-shot examples"));
+        let mut zero = input(&["x"], &["A"]);
+        zero.max_output_tokens = Some(0);
+        assert!(error(&service, zero).await.contains("max_output_tokens"));
+        // Valid input without a loaded backend is "not ready", not a crash.
+        match service.classify(input(&["x"], &["A"])).await {
+            Err(PromptError::NotReady(_)) => {}
+            other => panic!("expected not ready, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn backend_configuration_errors_are_clear() {
+        let config = PromptConfig {
+            backend: "gpt".into(),
+            ..PromptConfig::default()
+        };
+        let err = PromptService::new(config).err().unwrap().to_string();
+        assert!(err.contains("unknown --llm-backend"), "{err}");
+        let config = PromptConfig {
+            backend: "openai".into(),
+            ..PromptConfig::default()
+        };
+        let err = PromptService::new(config).err().unwrap().to_string();
+        assert!(err.contains("--llm-model"), "{err}");
+        let config = PromptConfig {
+            zero_shot_template: Some("/nonexistent/template.txt".into()),
+            ..PromptConfig::default()
+        };
+        let err = PromptService::new(config).err().unwrap().to_string();
+        assert!(err.contains("cannot read template"), "{err}");
     }
 }
