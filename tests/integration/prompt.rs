@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 type Seen = Arc<Mutex<Vec<String>>>;
 
 /// A chat-completions server that answers like a chatty model: few-shot
-/// prompts get the first example's label in a sentence, zero-shot prompts
+/// prompts get the nearest example's label in a sentence, zero-shot prompts
 /// get "governing law" (which only fuzzy parsing maps to "Governing Laws").
 async fn fake_llm() -> (String, Seen) {
     let seen: Seen = Arc::default();
@@ -41,11 +41,13 @@ async fn fake_llm() -> (String, Seen) {
                 let answer = if prompt.contains("PARAPHRASE-TEST") {
                     "which state law governs".to_owned()
                 } else {
-                    match prompt.split("\nCategory: ").nth(1) {
-                    Some(rest) => format!(
-                        "The most appropriate option is: {}.",
-                        rest.lines().next().unwrap_or_default()
-                    ),
+                    // The example right before the query: the nearest one
+                    // (examples are ordered nearest-last by default).
+                    match prompt.split("\nCategory: ").skip(1).last() {
+                        Some(rest) => format!(
+                            "The most appropriate option is: {}.",
+                            rest.lines().next().unwrap_or_default()
+                        ),
                     None => "governing law".to_owned(),
                     }
                 };

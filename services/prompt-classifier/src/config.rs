@@ -11,6 +11,9 @@ const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 24;
 const DEFAULT_CLAUSE_TOKENS: usize = 384;
 const DEFAULT_EXAMPLE_TOKENS: usize = 96;
 const DEFAULT_MAX_TEXTS: usize = 256;
+/// Chosen on validation (first 120 clauses, Gemma 3 270M, k 4: accuracy
+/// 0.683 nearest-last vs 0.575 nearest-first).
+const DEFAULT_EXAMPLES_ORDER: &str = "nearest-last";
 const DEFAULT_MAX_LABELS: usize = 1000;
 const DEFAULT_MAX_TEXT_BYTES: usize = 100_000;
 const DEFAULT_EMBEDDING_MIN_SIMILARITY: f32 = 0.5;
@@ -75,6 +78,11 @@ pub struct PromptConfig {
     #[arg(long = "prompt-example-tokens", env = "LEXTRAL_PROMPT_EXAMPLE_TOKENS", default_value_t = DEFAULT_EXAMPLE_TOKENS)]
     pub example_tokens: usize,
 
+    /// Few-shot example order in the prompt: `nearest-first` or
+    /// `nearest-last` (the most similar example right before the query).
+    #[arg(long = "prompt-examples-order", env = "LEXTRAL_PROMPT_EXAMPLES_ORDER", default_value = DEFAULT_EXAMPLES_ORDER)]
+    pub examples_order: String,
+
     /// Zero-shot template file ({labels}, {clause}).
     #[arg(
         long = "prompt-zero-shot-template",
@@ -132,6 +140,7 @@ impl Default for PromptConfig {
             prices: None,
             clause_tokens: DEFAULT_CLAUSE_TOKENS,
             example_tokens: DEFAULT_EXAMPLE_TOKENS,
+            examples_order: DEFAULT_EXAMPLES_ORDER.to_owned(),
             zero_shot_template: None,
             few_shot_template: None,
             example_template: None,

@@ -15,16 +15,26 @@ pub const DEFAULT_ZERO_SHOT: &str = "Classify the contract clause into exactly o
 /// Default few-shot (RAG) template.
 pub const DEFAULT_FEW_SHOT: &str = "Classify the contract clause into exactly one of these categories:\n{labels}\n\nAnswer with the category name only. Labelled examples of similar clauses come first.\n\n{examples}Clause: {clause}\nCategory:";
 
+/// Default few-shot template when decoding is constrained to the label set
+/// (the local backend's default): the constraint already limits answers to
+/// the labels, and without the 100-line list a small model follows the
+/// examples (validation, first 120 clauses, Gemma 3 270M, k 4: accuracy
+/// 0.767 without the list, 0.683 with it).
+pub const DEFAULT_FEW_SHOT_CONSTRAINED: &str = "Classify each contract clause by its category. Labelled examples of similar clauses come first.\n\n{examples}Clause: {clause}\nCategory:";
+
 /// Default example template.
 pub const DEFAULT_EXAMPLE: &str = "Clause: {text}\nCategory: {label}\n\n";
 
-/// Token budgets for the variable parts.
+/// Token budgets for the variable parts, and example order.
 #[derive(Debug, Clone, Copy)]
 pub struct Budgets {
     /// The clause being classified.
     pub clause_tokens: usize,
     /// Each example clause.
     pub example_tokens: usize,
+    /// Put the most similar example last, next to the query, rather than
+    /// first (examples arrive most similar first).
+    pub nearest_last: bool,
 }
 
 /// The three templates, validated.
@@ -103,11 +113,13 @@ impl Templates {
         })
     }
 
-    /// Defaults, with any template replaced by the file given.
+    /// Defaults, with any template replaced by the file given. `constrained`
+    /// picks the few-shot default without the label list.
     pub fn from_files(
         zero_shot: Option<&Path>,
         few_shot: Option<&Path>,
         example: Option<&Path>,
+        constrained: bool,
     ) -> Result<Self, String> {
         let read = |path: Option<&Path>, default: &str| -> Result<String, String> {
             match path {
@@ -118,7 +130,14 @@ impl Templates {
         };
         Self::new(
             &read(zero_shot, DEFAULT_ZERO_SHOT)?,
-            &read(few_shot, DEFAULT_FEW_SHOT)?,
+            &read(
+                few_shot,
+                if constrained {
+                    DEFAULT_FEW_SHOT_CONSTRAINED
+                } else {
+                    DEFAULT_FEW_SHOT
+                },
+            )?,
             &read(example, DEFAULT_EXAMPLE)?,
         )
     }
@@ -143,9 +162,12 @@ impl Templates {
             .collect::<Vec<_>>()
             .join("\n");
         let (clause, clause_truncated) = backend.truncate(clause.trim(), budgets.clause_tokens);
-        let examples_text: String = examples
-            .unwrap_or_default()
-            .iter()
+        let mut ordered: Vec<&Example> = examples.unwrap_or_default().iter().collect();
+        if budgets.nearest_last {
+            ordered.reverse();
+        }
+        let examples_text: String = ordered
+            .into_iter()
             .map(|e| {
                 let (text, _) = backend.truncate(e.text.trim(), budgets.example_tokens);
                 render(&self.example, &[("label", &e.label), ("text", &text)])
@@ -203,9 +225,10 @@ mod tests {
     fn builds_prefix_and_suffix_with_budgets() {
         let t = Templates::default();
         let labels = vec!["Notices".to_owned(), "Governing Laws".to_owned()];
-        let budgets = Budgets {
+        let mut budgets = Budgets {
             clause_tokens: 3,
             example_tokens: 2,
+            nearest_last: false,
         };
         let zero = t.build(&Words, &labels, None, "one two three four", budgets);
         assert!(zero.clause_truncated);
@@ -225,6 +248,19 @@ mod tests {
             "Clause: alpha beta\nCategory: Notices\n\nClause: short\nCategory:"
         );
         assert!(few.prompt.prefix.ends_with("come first.\n\n"));
+        let two = vec![
+            examples[0].clone(),
+            Example {
+                text: "second".into(),
+                label: "Governing Laws".into(),
+            },
+        ];
+        budgets.nearest_last = true;
+        let reversed = t.build(&Words, &labels, Some(&two), "q", budgets);
+        assert!(reversed
+            .prompt
+            .suffix
+            .starts_with("Clause: second\nCategory: Governing Laws"));
         // Braces in a clause stay text.
         let braces = t.build(&Words, &labels, None, "see {labels}", budgets);
         assert_eq!(braces.prompt.suffix, "see {labels}\nCategory:");

@@ -65,20 +65,28 @@ impl PromptService {
     /// Validates the configuration; the backend is attached later
     /// ([`Self::set_backend`]) because loading a local model takes seconds.
     pub fn new(config: PromptConfig) -> anyhow::Result<(Self, BackendChoice)> {
+        let choice = Self::backend_choice(&config)?;
+        let constrained = matches!(choice, BackendChoice::Local { .. }) && config.constrained;
         let templates = Templates::from_files(
             config.zero_shot_template.as_deref(),
             config.few_shot_template.as_deref(),
             config.example_template.as_deref(),
+            constrained,
         )
         .map_err(anyhow::Error::msg)?;
         let prices = PriceTable::load(config.prices.as_deref()).map_err(anyhow::Error::msg)?;
         if config.clause_tokens == 0 || config.example_tokens == 0 {
             anyhow::bail!("--prompt-clause-tokens and --prompt-example-tokens must be at least 1");
         }
+        if !["nearest-first", "nearest-last"].contains(&config.examples_order.as_str()) {
+            anyhow::bail!(
+                "--prompt-examples-order must be nearest-first or nearest-last, got {:?}",
+                config.examples_order
+            );
+        }
         if !(-1.0..=1.0).contains(&config.embedding_min_similarity) {
             anyhow::bail!("--prompt-embedding-min-similarity must be within [-1, 1]");
         }
-        let choice = Self::backend_choice(&config)?;
         let embedder = match &config.embedder_url {
             Some(url) => Some(
                 EmbedderServiceClient::new(
@@ -270,6 +278,7 @@ impl PromptService {
         let budgets = Budgets {
             clause_tokens: self.config.clause_tokens,
             example_tokens: self.config.example_tokens,
+            nearest_last: self.config.examples_order == "nearest-last",
         };
         let max_output_tokens = input
             .max_output_tokens
