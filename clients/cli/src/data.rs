@@ -31,17 +31,7 @@ pub fn read_labels(dir: &Path) -> anyhow::Result<Option<Vec<String>>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let labels: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if labels.is_empty() {
-        bail!("{} has no labels", path.display());
-    }
+    let labels = lextral_common::labels::read_label_file(&path)?;
     Ok(Some(labels))
 }
 

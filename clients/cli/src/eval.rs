@@ -267,7 +267,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
 /// `lextral eval score`: parse and score predictions made elsewhere.
 fn score_predictions(args: ScoreArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let labels = read_label_file(&args.labels)?;
+    let labels = lextral_common::labels::read_label_file(&args.labels)?;
     let matcher = lextral_prompt_classifier::parse::LabelMatcher::new(&labels);
     let known: std::collections::HashSet<&str> = labels.iter().map(String::as_str).collect();
     let text = std::fs::read_to_string(&args.predictions)
@@ -330,19 +330,4 @@ fn score_predictions(args: ScoreArgs) -> anyhow::Result<()> {
     };
     report.print();
     report.write(args.report.as_ref())
-}
-
-fn read_label_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the label file {}", path.display()))?;
-    let labels: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if labels.is_empty() {
-        anyhow::bail!("the label file {} is empty", path.display());
-    }
-    Ok(labels)
 }

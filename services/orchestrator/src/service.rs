@@ -49,7 +49,9 @@ pub struct Orchestrator {
     retriever: RetrieverServiceClient<Channel>,
     finetuned: FinetunedClassifierServiceClient<Channel>,
     prompt: PromptClassifierServiceClient<Channel>,
-    /// Label set for prompts, refreshed from the index every LABELS_TTL.
+    /// Label set for prompts from `--labels`, read once at start-up.
+    fixed_labels: Option<Vec<String>>,
+    /// Otherwise the index's labels, refreshed every LABELS_TTL.
     prompt_labels: tokio::sync::RwLock<Option<(Instant, Vec<String>)>>,
     embedder_channel: Channel,
     retriever_channel: Channel,
@@ -100,6 +102,11 @@ impl Orchestrator {
                 config.request_timeout(),
             )?)
             .max_decoding_message_size(64 * 1024 * 1024),
+            fixed_labels: config
+                .labels_file
+                .as_deref()
+                .map(lextral_common::labels::read_label_file)
+                .transpose()?,
             prompt_labels: tokio::sync::RwLock::new(None),
             embedder_channel,
             retriever_channel,
@@ -448,26 +455,8 @@ impl Orchestrator {
     /// The label set prompts choose from: `--labels` if given, else the
     /// index's labels (cached for LABELS_TTL).
     async fn prompt_label_set(&self) -> Result<Vec<String>, OrchestratorError> {
-        if let Some(path) = &self.config.labels_file {
-            let text = tokio::fs::read_to_string(path).await.map_err(|err| {
-                OrchestratorError::FailedPrecondition(format!(
-                    "cannot read the label file {}: {err}",
-                    path.display()
-                ))
-            })?;
-            let labels: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if labels.is_empty() {
-                return Err(OrchestratorError::FailedPrecondition(format!(
-                    "the label file {} is empty",
-                    path.display()
-                )));
-            }
-            return Ok(labels);
+        if let Some(labels) = &self.fixed_labels {
+            return Ok(labels.clone());
         }
         if let Some((at, labels)) = self.prompt_labels.read().await.as_ref() {
             if at.elapsed() < LABELS_TTL {

@@ -238,10 +238,23 @@ impl Gemma {
             .to_dtype(DType::F32)?
             .affine((cfg.hidden as f64).sqrt(), 0.0)?
             .unsqueeze(0)?;
+        // One mask per attention kind for the whole pass, not per layer.
+        let total = offset + seq;
+        let global_mask = (seq > 1)
+            .then(|| self.mask(seq, offset, None))
+            .transpose()?;
+        let local_mask = (seq > 1 || total > cfg.sliding_window)
+            .then(|| self.mask(seq, offset, Some(cfg.sliding_window)))
+            .transpose()?;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let residual = x.clone();
             let h = layer.attn_norm.forward(&x)?;
-            let h = self.attention(layer, &h, offset, slot)?;
+            let mask = if layer.sliding {
+                local_mask.as_ref()
+            } else {
+                global_mask.as_ref()
+            };
+            let h = self.attention(layer, &h, offset, slot, mask)?;
             let h = layer.post_attn_norm.forward(&h)?;
             x = (h + residual)?;
             let residual = x.clone();
@@ -262,6 +275,7 @@ impl Gemma {
         x: &Tensor,
         offset: usize,
         slot: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (_, seq, _) = x.dims3()?;
@@ -311,12 +325,11 @@ impl Gemma {
         let v = v.reshape((cfg.kv_heads, total, cfg.head_dim))?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
-        let window = layer.sliding.then_some(cfg.sliding_window);
-        let scores = if seq > 1 || window.is_some_and(|w| total > w) {
-            let mask = self.mask(seq, offset, window)?; // (seq, total)
+        let scores = if let Some(mask) = mask {
+            // mask: (seq, total)
             let scores = scores.reshape((cfg.kv_heads, group, seq, total))?;
             scores
-                .broadcast_add(&mask)?
+                .broadcast_add(mask)?
                 .reshape((cfg.kv_heads, group * seq, total))?
         } else {
             scores
