@@ -726,3 +726,34 @@ fn stage(name: &str, elapsed: Duration) -> StageLatency {
         ms: elapsed.as_secs_f64() * 1000.0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(labels_file: Option<std::path::PathBuf>) -> OrchestratorConfig {
+        let mut config = OrchestratorConfig::with_urls("http://127.0.0.1:1", "http://127.0.0.1:1");
+        config.labels_file = labels_file;
+        config
+    }
+
+    #[tokio::test]
+    async fn a_labels_file_is_the_prompt_label_set() {
+        let dir = std::env::temp_dir().join(format!("lextral-orch-labels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("labels.txt");
+        std::fs::write(&file, "Notices\nGoverning Laws\n").unwrap();
+        // No retriever is running: the file alone answers.
+        let orchestrator = Orchestrator::new(config(Some(file))).unwrap();
+        assert_eq!(
+            orchestrator.prompt_label_set().await.unwrap(),
+            vec!["Notices", "Governing Laws"]
+        );
+        let err = Orchestrator::new(config(Some(dir.join("missing.txt"))))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot read the label file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
