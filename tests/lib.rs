@@ -365,6 +365,20 @@ pub fn ledgar(split: &str, limit: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// POSTs `body` to the stack's `/v1/classify`; returns the HTTP status and
+/// the JSON body (error bodies are JSON too).
+pub async fn post_classify(stack: &Stack, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(stack.rest("/v1/classify"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.expect("error bodies are JSON");
+    (status, body)
+}
+
 /// A connected gRPC channel to `url`.
 pub async fn channel(url: String) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(url)

@@ -1,7 +1,7 @@
 //! Bad input gets a clear error (gRPC status with a message, HTTP 4xx with a
 //! JSON body) and never changes stored data.
 
-use lextral_integration_tests::{fresh_database, start_stack, Stack};
+use lextral_integration_tests::{fresh_database, post_classify as post, start_stack, Stack};
 use lextral_proto::v1::embedder_service_client::EmbedderServiceClient;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
@@ -11,18 +11,6 @@ use lextral_proto::v1::{
 };
 use serde_json::{json, Value};
 use tonic::Code;
-
-async fn post(stack: &Stack, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(stack.rest("/v1/classify"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("error bodies are JSON");
-    (status, body)
-}
 
 fn message(body: &Value) -> String {
     body["error"]["message"]

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use lextral_finetuned_classifier::{Classifier, Method, TrainData, TrainOptions};
-use lextral_integration_tests::{fresh_database, ledgar, model_dir, start_stack_with_model, Stack};
+use lextral_integration_tests::{
+    fresh_database, ledgar, model_dir, post_classify as classify, start_stack_with_model, Stack,
+};
 use lextral_proto::v1::finetuned_classifier_service_client::FinetunedClassifierServiceClient;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::{
@@ -31,17 +33,6 @@ fn data(train_limit: usize, validation_limit: usize) -> TrainData {
         labels: labels.clone(),
         data_sha256: "test".into(),
     }
-}
-
-/// POSTs `/v1/classify`; returns the status and the JSON body.
-async fn classify(stack: &Stack, body: Value) -> (u16, Value) {
-    let reply = reqwest::Client::new()
-        .post(stack.rest("/v1/classify"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (reply.status().as_u16(), reply.json().await.unwrap())
 }
 
 fn error_message(body: &Value) -> &str {

@@ -6,7 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lextral_integration_tests::{fresh_database, ledgar, llm_model, start_stack_with, Stack};
+use lextral_integration_tests::{
+    fresh_database, ledgar, llm_model, post_classify as post, start_stack_with, Stack,
+};
 use lextral_prompt_classifier::PromptConfig;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::prompt_classifier_service_client::PromptClassifierServiceClient;
@@ -98,16 +100,6 @@ async fn index(stack: &Stack, clauses: &[(String, String)]) {
         })
         .collect();
     orchestrator.ingest(IngestRequest { items }).await.unwrap();
-}
-
-async fn post(stack: &Stack, body: Value) -> (u16, Value) {
-    let reply = reqwest::Client::new()
-        .post(stack.rest("/v1/classify"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (reply.status().as_u16(), reply.json().await.unwrap())
 }
 
 #[tokio::test]

@@ -59,6 +59,14 @@ pub struct Orchestrator {
     default_vote: VoteMethod,
 }
 
+/// Neighbours per query, with the embedder's truncation flags and the
+/// embed/search stage latencies.
+struct Retrieved {
+    results: Vec<lextral_proto::v1::SearchResult>,
+    truncated: Vec<bool>,
+    latencies: Vec<StageLatency>,
+}
+
 /// Resolved kNN parameters.
 #[derive(Debug, Clone)]
 struct KnnParams {
@@ -300,41 +308,14 @@ impl Orchestrator {
         texts: Vec<String>,
         params: &KnnParams,
     ) -> Result<ClassifyResponse, OrchestratorError> {
-        let count = texts.len();
-        let started = Instant::now();
-        let embeddings = self.embed(texts).await?;
-        let embed_time = started.elapsed();
+        let Retrieved {
+            results: neighbours,
+            truncated,
+            mut latencies,
+        } = self.retrieve(texts, params.k, params).await?;
 
         let started = Instant::now();
-        let truncated: Vec<bool> = embeddings.iter().map(|e| e.truncated).collect();
-        let search = self
-            .retriever
-            .clone()
-            .search(SearchRequest {
-                queries: embeddings
-                    .into_iter()
-                    .map(|e| QueryVector { values: e.values })
-                    .collect(),
-                k: params.k,
-                min_similarity: Some(params.min_similarity),
-                splits: params.splits.clone(),
-                labels: Vec::new(),
-                ef_search: params.ef_search,
-            })
-            .await
-            .map_err(OrchestratorError::downstream("retriever"))?
-            .into_inner();
-        let search_time = started.elapsed();
-        if search.results.len() != count {
-            return Err(OrchestratorError::Internal(format!(
-                "retriever returned {} results for {count} queries",
-                search.results.len()
-            )));
-        }
-
-        let started = Instant::now();
-        let results = search
-            .results
+        let results = neighbours
             .into_iter()
             .zip(truncated)
             .map(|(result, truncated)| {
@@ -362,14 +343,55 @@ impl Orchestrator {
                 }
             })
             .collect();
+        latencies.push(stage("vote", started.elapsed()));
         Ok(ClassifyResponse {
             results,
-            latencies: vec![
-                stage("embed", embed_time),
-                stage("search", search_time),
-                stage("vote", started.elapsed()),
-            ],
+            latencies,
             strategy: Strategy::Knn as i32,
+        })
+    }
+
+    /// Embeds `texts` and retrieves `k` neighbours for each (kNN and RAG).
+    async fn retrieve(
+        &self,
+        texts: Vec<String>,
+        k: u32,
+        params: &KnnParams,
+    ) -> Result<Retrieved, OrchestratorError> {
+        let count = texts.len();
+        let started = Instant::now();
+        let embeddings = self.embed(texts).await?;
+        let mut latencies = vec![stage("embed", started.elapsed())];
+        let truncated = embeddings.iter().map(|e| e.truncated).collect();
+        let started = Instant::now();
+        let search = self
+            .retriever
+            .clone()
+            .search(SearchRequest {
+                queries: embeddings
+                    .into_iter()
+                    .map(|e| QueryVector { values: e.values })
+                    .collect(),
+                k,
+                min_similarity: Some(params.min_similarity),
+                splits: params.splits.clone(),
+                labels: Vec::new(),
+                ef_search: params.ef_search,
+            })
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner();
+        latencies.push(stage("search", started.elapsed()));
+        if search.results.len() != count {
+            return Err(OrchestratorError::Internal(format!(
+                "retriever returned {} results for {count} queries",
+                search.results.len()
+            )));
+        }
+        Ok(Retrieved {
+            results: search.results,
+            truncated,
+            latencies,
         })
     }
 
@@ -501,36 +523,10 @@ impl Orchestrator {
                         "RAG k must be in 1..={MAX_RAG_K}, got {k}"
                     )));
                 }
-                let started = Instant::now();
-                let embeddings = self.embed(texts.clone()).await?;
-                latencies.push(stage("embed", started.elapsed()));
-                embed_truncated = embeddings.iter().map(|e| e.truncated).collect();
-                let started = Instant::now();
-                let search = self
-                    .retriever
-                    .clone()
-                    .search(SearchRequest {
-                        queries: embeddings
-                            .into_iter()
-                            .map(|e| QueryVector { values: e.values })
-                            .collect(),
-                        k,
-                        min_similarity: Some(params.min_similarity),
-                        splits: params.splits.clone(),
-                        labels: Vec::new(),
-                        ef_search: params.ef_search,
-                    })
-                    .await
-                    .map_err(OrchestratorError::downstream("retriever"))?
-                    .into_inner();
-                latencies.push(stage("search", started.elapsed()));
-                if search.results.len() != count {
-                    return Err(OrchestratorError::Internal(format!(
-                        "retriever returned {} results for {count} queries",
-                        search.results.len()
-                    )));
-                }
-                for (slot, result) in neighbors.iter_mut().zip(search.results) {
+                let retrieved = self.retrieve(texts.clone(), k, params).await?;
+                latencies = retrieved.latencies;
+                embed_truncated = retrieved.truncated;
+                for (slot, result) in neighbors.iter_mut().zip(retrieved.results) {
                     if result.neighbors.is_empty() {
                         return Err(OrchestratorError::FailedPrecondition(
                             "RAG found no labelled examples: the index is empty (or min_similarity excludes every clause)".into(),
