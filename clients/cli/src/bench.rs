@@ -13,7 +13,7 @@ use lextral_proto::v1::{EmbedRequest, QueryVector, SearchRequest};
 use serde::Serialize;
 
 use crate::data::read_texts;
-use crate::metrics::percentile;
+use lextral_eval::metrics::percentile;
 
 /// Benchmarks.
 #[derive(Subcommand)]

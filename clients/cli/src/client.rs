@@ -89,6 +89,52 @@ impl StrategyArgs {
         parse_strategy(&self.strategy).map_err(anyhow::Error::msg)
     }
 
+    /// The options set on the command line that apply to the strategy, as
+    /// JSON; absent ones take the server's defaults (recorded separately).
+    pub fn options_json(&self) -> serde_json::Value {
+        let mut options = serde_json::Map::new();
+        let mut put = |key: &str, value: Option<serde_json::Value>| {
+            if let Some(value) = value {
+                options.insert(key.to_owned(), value);
+            }
+        };
+        let strategy = self.strategy().ok();
+        let knn = matches!(strategy, Some(Strategy::Knn | Strategy::Cascade));
+        let finetuned = matches!(strategy, Some(Strategy::Finetuned | Strategy::Cascade));
+        let prompt = matches!(strategy, Some(Strategy::Rag | Strategy::ZeroShot));
+        let retrieves = knn || matches!(strategy, Some(Strategy::Rag));
+        if knn {
+            put("k", self.k.map(Into::into));
+            put("vote", self.vote.clone().map(Into::into));
+            put("power", self.power.map(Into::into));
+            put("temperature", self.temperature.map(Into::into));
+            put("min_confidence", self.min_confidence.map(Into::into));
+            put("min_similarity", self.min_similarity.map(Into::into));
+            if !self.neighbor_splits.is_empty() {
+                put("neighbor_splits", Some(self.neighbor_splits.clone().into()));
+            }
+        }
+        if retrieves {
+            put("ef_search", self.ef_search.map(Into::into));
+        }
+        if finetuned {
+            put("top_k", self.top_k.map(Into::into));
+        }
+        if matches!(strategy, Some(Strategy::Cascade)) {
+            put(
+                "cascade_min_confidence",
+                self.cascade_min_confidence.map(Into::into),
+            );
+        }
+        if matches!(strategy, Some(Strategy::Rag)) {
+            put("rag_k", self.rag_k.map(Into::into));
+        }
+        if prompt {
+            put("max_output_tokens", self.max_output_tokens.map(Into::into));
+        }
+        serde_json::Value::Object(options)
+    }
+
     /// A request for `texts`.
     pub fn request(&self, texts: Vec<String>) -> anyhow::Result<ClassifyRequest> {
         let vote = match &self.vote {

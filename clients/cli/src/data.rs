@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -214,21 +214,7 @@ pub async fn fetch_ledgar(
     Ok(written)
 }
 
-/// Writes through a temporary file in the same directory, then renames.
-pub fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp-lextral");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut writer = std::io::BufWriter::new(file);
-    write(&mut writer)?;
-    let file = writer.into_inner().map_err(|err| err.into_error())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
+pub use lextral_common::fs::write_atomically;
 
 /// What one Hugging Face parquet file holds.
 pub struct ParquetRows {

@@ -1,19 +1,28 @@
 //! `lextral eval`: classify every clause of a split through the orchestrator
-//! and report quality and latency.
+//! with one or more strategies, and report quality, calibration, latency and
+//! cost. With `--out RUN_DIR` each answer is journalled as it arrives, so a
+//! Ctrl-C or crash leaves a run that `--resume` continues.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use lextral_eval::report::{Load, ReportContext, RunReport, StrategyReport};
+use lextral_eval::{files, read_predictions, write_run_reports, Journal, Prediction};
+use lextral_orchestrator::names::strategy_name;
+use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
+use lextral_proto::v1::{OrchestratorServiceInfoRequest, Strategy};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::client::{ServerArgs, StrategyArgs};
-use crate::data::{read_split, write_atomically};
-use crate::metrics::{percentile, score, LabelMetrics};
+use crate::data::{read_labels, read_split, write_atomically, Example};
 
 /// `lextral eval`.
 #[derive(Args)]
@@ -27,11 +36,19 @@ pub struct EvalArgs {
     /// Split to evaluate.
     #[arg(long, default_value = "test")]
     split: String,
+    /// Strategies, comma-separated (knn,finetuned,cascade,rag,zero-shot),
+    /// and their options.
     #[command(flatten)]
     strategy: StrategyArgs,
-    /// Write the JSON report here.
+    /// Write one strategy's JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Run folder: predictions, run.json, report.json/.md/.html, plots.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out: classify only the clauses it lacks.
+    #[arg(long, requires = "out")]
+    resume: bool,
     /// Requests in flight (one clause each). One gives the honest
     /// per-clause latency; more measures behaviour under load.
     #[arg(long, default_value_t = 1)]
@@ -39,6 +56,13 @@ pub struct EvalArgs {
     /// Only the first N clauses.
     #[arg(long)]
     limit: Option<usize>,
+    /// Monthly cost estimate: clauses classified per day.
+    #[arg(long, default_value_t = 100_000.0)]
+    requests_per_day: f64,
+    /// Monthly cost estimate: price per hour of one serving machine like the
+    /// one measured (US dollars).
+    #[arg(long = "infra-usd-per-hour", default_value_t = 0.10)]
+    infra_usd_per_hour: f64,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -50,6 +74,9 @@ pub enum EvalCommand {
     /// "prediction": raw model text}, parsed to labels as the prompt
     /// classifier parses its LLM's answers.
     Score(ScoreArgs),
+    /// One overview table (configuration, latency, cost, macro-F1,
+    /// micro-F1) across run folders.
+    Compare(CompareArgs),
 }
 
 /// `lextral eval score`.
@@ -66,214 +93,635 @@ pub struct ScoreArgs {
     report: Option<PathBuf>,
 }
 
-#[derive(Serialize, Default)]
-struct Latency {
-    p50: f64,
-    p95: f64,
-    p99: f64,
-    mean: f64,
-}
-
-#[derive(Serialize)]
-struct Report {
-    strategy: String,
-    split: String,
-    data: String,
-    n: usize,
-    accuracy: f64,
-    micro_f1: f64,
-    macro_f1: f64,
-    abstained: usize,
-    latency_ms: Latency,
-    throughput_per_s: f64,
-    wall_s: f64,
-    concurrency: usize,
-    /// LLM prompt and generated tokens, and estimated cost (prompt strategies).
-    input_tokens: u64,
-    output_tokens: u64,
-    cost_usd: f64,
-    cost_per_1000_usd: f64,
-    /// How answers were mapped to labels (prompt strategies, `eval score`).
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    parse_methods: std::collections::BTreeMap<String, usize>,
-    per_label: std::collections::BTreeMap<String, LabelMetrics>,
-}
-
-impl Report {
-    fn print(&self) {
-        println!(
-            "{} on {} ({} clauses): accuracy {:.4}  micro-F1 {:.4}  macro-F1 {:.4}  abstained {}",
-            self.strategy,
-            self.split,
-            self.n,
-            self.accuracy,
-            self.micro_f1,
-            self.macro_f1,
-            self.abstained,
-        );
-        if self.latency_ms.p50 > 0.0 {
-            println!(
-                "latency p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  throughput {:.1}/s",
-                self.latency_ms.p50,
-                self.latency_ms.p95,
-                self.latency_ms.p99,
-                self.throughput_per_s
-            );
-        }
-        if self.input_tokens > 0 {
-            println!(
-                "LLM tokens in {} / out {}  cost ${:.4} (${:.4} per 1,000 clauses)",
-                self.input_tokens, self.output_tokens, self.cost_usd, self.cost_per_1000_usd
-            );
-        }
-        if !self.parse_methods.is_empty() {
-            println!("answers parsed: {:?}", self.parse_methods);
-        }
-    }
-
-    fn write(&self, path: Option<&PathBuf>) -> anyhow::Result<()> {
-        if let Some(path) = path {
-            write_atomically(path, |file| {
-                serde_json::to_writer_pretty(&mut *file, self)?;
-                Ok(())
-            })?;
-            println!("report written to {}", path.display());
-        }
-        Ok(())
-    }
-}
-
-/// One classified clause.
-struct Outcome {
-    gold: String,
-    predicted: Option<String>,
-    ms: f64,
-    input_tokens: u32,
-    output_tokens: u32,
-    cost_usd: f64,
+/// `lextral eval compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Run folders made by `lextral eval --out` (or their report.json).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Also write the table (Markdown) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// Runs `lextral eval`.
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
-    if let Some(EvalCommand::Score(score_args)) = args.command {
-        return score_predictions(score_args);
+    match args.command {
+        Some(EvalCommand::Score(score_args)) => return score_predictions(score_args),
+        Some(EvalCommand::Compare(compare_args)) => return compare(compare_args),
+        None => {}
     }
     let data = args.data.clone().context("--data is required")?;
-    let strategy = args.strategy.strategy()?;
+    let names = strategy_names(&args.strategy)?;
+    if args.report.is_some() && names.len() > 1 {
+        anyhow::bail!("--report takes one strategy; use --out RUN_DIR for several");
+    }
+    if !(args.requests_per_day >= 0.0 && args.infra_usd_per_hour >= 0.0) {
+        anyhow::bail!("--requests-per-day and --infra-usd-per-hour must be ≥ 0");
+    }
     let mut examples = read_split(&data, &args.split)?;
+    if examples.is_empty() {
+        anyhow::bail!(
+            "{}: the split holds no clauses",
+            data.join(format!("{}.jsonl", args.split)).display()
+        );
+    }
     if let Some(limit) = args.limit {
         examples.truncate(limit);
     }
+    let labels = match read_labels(&data)? {
+        Some(labels) => labels,
+        None => {
+            let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
+            labels.sort();
+            labels.dedup();
+            labels
+        }
+    };
+    let hashes: Vec<String> = examples.iter().map(|e| sha256_hex(&e.text)).collect();
+    let folder = match &args.out {
+        Some(dir) => Some(RunFolder::open(dir, args.resume)?),
+        None => None,
+    };
     let client = args.server.connect().await?;
-    let progress = ProgressBar::new(examples.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")?
-            .progress_chars("=> "),
-    );
-    progress.set_message(format!("eval {}", args.strategy.strategy));
-    let started = Instant::now();
-    let outcomes: Vec<Outcome> = futures::stream::iter(examples.iter().cloned())
-        .map(|example| {
-            let mut client = client.clone();
-            let request = args.strategy.request(vec![example.text.clone()]);
-            let progress = progress.clone();
-            async move {
-                let request = request?;
-                let mut attempt = 0;
-                loop {
-                    let sent = Instant::now();
-                    match client.classify(request.clone()).await {
-                        Ok(response) => {
-                            let ms = sent.elapsed().as_secs_f64() * 1000.0;
-                            let result = response
-                                .into_inner()
-                                .results
-                                .into_iter()
-                                .next()
-                                .context("the orchestrator returned no result")?;
-                            progress.inc(1);
-                            return anyhow::Ok(Outcome {
-                                gold: example.label,
-                                predicted: (!result.abstained).then_some(result.label),
-                                ms,
-                                input_tokens: result.input_tokens,
-                                output_tokens: result.output_tokens,
-                                cost_usd: result.cost_usd,
-                            });
-                        }
-                        // Overload and restarts are transient; anything else is a real failure.
-                        Err(status)
-                            if attempt < 3
-                                && matches!(
-                                    status.code(),
-                                    Code::Unavailable | Code::ResourceExhausted
-                                ) =>
-                        {
-                            attempt += 1;
-                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                        }
-                        Err(status) => anyhow::bail!(
-                            "classify failed: {:?}: {}",
-                            status.code(),
-                            status.message()
-                        ),
-                    }
-                }
+    let metadata = run_metadata(&args, &data, &names, examples.len(), client.clone()).await?;
+    let session = match &folder {
+        Some(folder) => folder.begin(metadata, &names)?,
+        None => 0,
+    };
+
+    let cancel = CancellationToken::new();
+    let interrupt = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "\ninterrupted: finishing the answers in flight (Ctrl-C again to quit now)…"
+                );
+                cancel.cancel();
+            }
+            // Answers already written stay valid; the torn line, if any, is
+            // dropped on --resume.
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
             }
         })
-        .buffered(args.concurrency.max(1))
-        .try_collect()
-        .await?;
-    progress.finish_and_clear();
-    let wall = started.elapsed().as_secs_f64();
-
-    let pairs: Vec<(String, Option<String>)> = outcomes
-        .iter()
-        .map(|o| (o.gold.clone(), o.predicted.clone()))
-        .collect();
-    let scores = score(&pairs);
-    let cost_usd: f64 = outcomes.iter().map(|o| o.cost_usd).sum();
-    let mut latencies: Vec<f64> = outcomes.iter().map(|o| o.ms).collect();
-    latencies.sort_by(f64::total_cmp);
-    let report = Report {
-        strategy: lextral_orchestrator::names::strategy_name(strategy).to_owned(),
-        split: args.split.clone(),
-        data: data.display().to_string(),
-        n: scores.n,
-        accuracy: scores.accuracy,
-        micro_f1: scores.micro_f1,
-        macro_f1: scores.macro_f1,
-        abstained: scores.abstained,
-        latency_ms: Latency {
-            p50: percentile(&latencies, 50.0),
-            p95: percentile(&latencies, 95.0),
-            p99: percentile(&latencies, 99.0),
-            mean: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
-        },
-        throughput_per_s: scores.n as f64 / wall.max(1e-9),
-        wall_s: wall,
-        concurrency: args.concurrency.max(1),
-        input_tokens: outcomes.iter().map(|o| o.input_tokens as u64).sum(),
-        output_tokens: outcomes.iter().map(|o| o.output_tokens as u64).sum(),
-        cost_usd,
-        cost_per_1000_usd: cost_usd * 1000.0 / scores.n.max(1) as f64,
-        parse_methods: Default::default(),
-        per_label: scores.per_label,
     };
-    report.print();
-    report.write(args.report.as_ref())?;
+    let load = Load {
+        requests_per_day: args.requests_per_day,
+        infra_usd_per_hour: args.infra_usd_per_hour,
+    };
+    let mut reports = Vec::new();
+    let mut all_predictions = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+    for name in &names {
+        let strategy_args = StrategyArgs {
+            strategy: name.clone(),
+            ..args.strategy.clone()
+        };
+        let mut predictions = match &folder {
+            Some(folder) => folder.previous(name, &hashes)?,
+            None => Vec::new(),
+        };
+        if failure.is_none() && !cancel.is_cancelled() {
+            let journal = match &folder {
+                Some(folder) => Some(Journal::open(&folder.predictions_path(name))?),
+                None => None,
+            };
+            let outcome = classify_all(
+                &client,
+                &strategy_args,
+                &examples,
+                &hashes,
+                &mut predictions,
+                journal,
+                Settings {
+                    session,
+                    concurrency: args.concurrency.max(1),
+                    cancel: cancel.clone(),
+                },
+            )
+            .await;
+            if let Err(err) = outcome {
+                failure = Some(err);
+            }
+        }
+        predictions.sort_by_key(|p| p.index);
+        let report = StrategyReport::build(
+            ReportContext {
+                strategy: name,
+                split: &args.split,
+                data: &data.display().to_string(),
+                total: examples.len(),
+                concurrency: args.concurrency.max(1),
+                load: Some(load),
+                options: strategy_args.options_json(),
+            },
+            &predictions,
+        );
+        println!("{}", report.summary());
+        reports.push(report);
+        all_predictions.push(predictions);
+    }
+    interrupt.abort();
+
+    if let Some(path) = &args.report {
+        let report = &reports[0];
+        write_atomically(path, |file| {
+            serde_json::to_writer_pretty(&mut *file, report)?;
+            Ok(())
+        })?;
+        println!("report written to {}", path.display());
+    }
+    let complete = reports.iter().all(|r| r.complete);
+    if let Some(folder) = &folder {
+        let status = if complete {
+            "complete"
+        } else if failure.is_some() {
+            "failed"
+        } else {
+            "interrupted"
+        };
+        let run = folder.finish(session, status)?;
+        let run_report = RunReport {
+            complete,
+            run,
+            strategies: reports,
+        };
+        write_run_reports(&folder.dir, &run_report, &all_predictions, &labels)?;
+        println!(
+            "run folder {}: report.html, report.md, report.json, predictions/, plots/{}",
+            folder.dir.display(),
+            if complete { "" } else { " (partial)" }
+        );
+        if !complete {
+            let done: usize = run_report.strategies.iter().map(|r| r.n).sum();
+            let total = run_report.strategies.len() * examples.len();
+            eprintln!(
+                "{done} of {total} classifications done; continue with the same command and --resume"
+            );
+        }
+    }
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    if cancel.is_cancelled() && !complete {
+        anyhow::bail!("interrupted before every clause was classified");
+    }
+    Ok(())
+}
+
+/// The strategies asked for, checked, without repeats.
+fn strategy_names(args: &StrategyArgs) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for name in args.strategy.split(',').map(str::trim) {
+        if name.is_empty() {
+            anyhow::bail!("--strategy has an empty entry: {:?}", args.strategy);
+        }
+        let parsed =
+            lextral_orchestrator::names::parse_strategy(name).map_err(anyhow::Error::msg)?;
+        let canonical = strategy_name(parsed).to_owned();
+        if !names.contains(&canonical) {
+            names.push(canonical);
+        }
+    }
+    Ok(names)
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+struct Settings {
+    session: u32,
+    concurrency: usize,
+    cancel: CancellationToken,
+}
+
+/// Classifies the clauses `predictions` lacks, appending each answer to
+/// `predictions` and the journal as it arrives.
+async fn classify_all(
+    client: &OrchestratorServiceClient<Channel>,
+    args: &StrategyArgs,
+    examples: &[Example],
+    hashes: &[String],
+    predictions: &mut Vec<Prediction>,
+    mut journal: Option<Journal>,
+    settings: Settings,
+) -> anyhow::Result<()> {
+    let done: std::collections::HashSet<usize> = predictions.iter().map(|p| p.index).collect();
+    let todo: Vec<usize> = (0..examples.len()).filter(|i| !done.contains(i)).collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let progress = ProgressBar::new(examples.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} {per_sec} elapsed {elapsed} eta {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    progress.set_message(format!("eval {}", args.strategy));
+    progress.set_position(done.len() as u64);
+    progress.reset_eta();
+    let strategy = args.strategy()?;
+    let started = Instant::now();
+    let mut answers = futures::stream::iter(todo)
+        .take_until(settings.cancel.clone().cancelled_owned())
+        .map(|index| {
+            let mut client = client.clone();
+            let request = args.request(vec![examples[index].text.clone()]);
+            async move {
+                let outcome = match request {
+                    Ok(request) => classify_one(&mut client, request).await,
+                    Err(err) => Err(err),
+                };
+                (index, outcome)
+            }
+        })
+        .buffer_unordered(settings.concurrency)
+        .boxed();
+    let mut result = Ok(());
+    while let Some((index, outcome)) = answers.next().await {
+        let (ms, answer) = match outcome {
+            Ok(answer) => answer,
+            Err(err) => {
+                result = Err(err.context(format!("clause {} of the split", index + 1)));
+                break;
+            }
+        };
+        let prediction = Prediction {
+            index,
+            text_sha256: hashes[index].clone(),
+            gold: examples[index].label.clone(),
+            predicted: (!answer.abstained).then(|| answer.label.clone()),
+            confidence: (!answer.abstained).then_some(answer.confidence as f64),
+            strategy: strategy_name(strategy).to_owned(),
+            answered_by: (strategy == Strategy::Cascade)
+                .then(|| Strategy::try_from(answer.answered_by).ok())
+                .flatten()
+                .map(|s| strategy_name(s).to_owned()),
+            latency_ms: ms,
+            input_tokens: answer.input_tokens as u64,
+            output_tokens: answer.output_tokens as u64,
+            cost_usd: answer.cost_usd,
+            session: settings.session,
+            finished_ms: started.elapsed().as_secs_f64() * 1000.0,
+        };
+        if let Some(journal) = journal.as_mut() {
+            journal.append(&prediction)?;
+        }
+        predictions.push(prediction);
+        progress.inc(1);
+    }
+    if let Some(journal) = journal.as_mut() {
+        journal.sync()?;
+    }
+    progress.finish_and_clear();
+    result
+}
+
+/// One clause, retrying overload and restarts a few times.
+async fn classify_one(
+    client: &mut OrchestratorServiceClient<Channel>,
+    request: lextral_proto::v1::ClassifyRequest,
+) -> anyhow::Result<(f64, lextral_proto::v1::ClassificationResult)> {
+    let mut attempt = 0;
+    loop {
+        let sent = Instant::now();
+        match client.classify(request.clone()).await {
+            Ok(response) => {
+                let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                let result = response
+                    .into_inner()
+                    .results
+                    .into_iter()
+                    .next()
+                    .context("the orchestrator returned no result")?;
+                return Ok((ms, result));
+            }
+            // Overload and restarts are transient; anything else is a real failure.
+            Err(status)
+                if attempt < 3
+                    && matches!(status.code(), Code::Unavailable | Code::ResourceExhausted) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            Err(status) => {
+                anyhow::bail!("classify failed: {:?}: {}", status.code(), status.message())
+            }
+        }
+    }
+}
+
+/// What the run records about itself: code, data, options, and the stack
+/// that answered (models, index, server defaults).
+async fn run_metadata(
+    args: &EvalArgs,
+    data: &Path,
+    names: &[String],
+    clauses: usize,
+    mut client: OrchestratorServiceClient<Channel>,
+) -> anyhow::Result<serde_json::Value> {
+    let split_file = data.join(format!("{}.jsonl", args.split));
+    let labels_file = data.join("labels.txt");
+    let stack = match client.info(OrchestratorServiceInfoRequest {}).await {
+        Ok(info) => stack_json(info.into_inner()),
+        Err(status) => serde_json::json!({
+            "error": format!("{:?}: {}", status.code(), status.message())
+        }),
+    };
+    let strategies: BTreeMap<&str, serde_json::Value> = names
+        .iter()
+        .map(|name| {
+            let options = StrategyArgs {
+                strategy: name.clone(),
+                ..args.strategy.clone()
+            }
+            .options_json();
+            (name.as_str(), options)
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "lextral_version": env!("CARGO_PKG_VERSION"),
+        "git_commit": env!("LEXTRAL_GIT_COMMIT"),
+        "git_dirty": git_dirty(),
+        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "data": {
+            "dir": data.display().to_string(),
+            "split": args.split,
+            "split_file": split_file.display().to_string(),
+            "split_sha256": file_sha256(&split_file)?,
+            "labels_sha256": if labels_file.is_file() { Some(file_sha256(&labels_file)?) } else { None },
+            "clauses": clauses,
+            "limit": args.limit,
+        },
+        "server": args.server.server,
+        "concurrency": args.concurrency.max(1),
+        "load": {
+            "requests_per_day": args.requests_per_day,
+            "infra_usd_per_hour": args.infra_usd_per_hour,
+        },
+        "strategies": strategies,
+        "stack": stack,
+    }))
+}
+
+/// The orchestrator's Info as JSON, the fine-tuned manifest parsed.
+fn stack_json(info: lextral_proto::v1::OrchestratorServiceInfoResponse) -> serde_json::Value {
+    let defaults: serde_json::Value =
+        serde_json::from_str(&info.defaults_json).unwrap_or(serde_json::Value::Null);
+    let embedder = info.embedder.map(|e| {
+        serde_json::json!({
+            "model_id": e.model_id, "dimension": e.dimension,
+            "max_sequence_length": e.max_sequence_length, "pooling": e.pooling,
+            "normalize": e.normalize,
+        })
+    });
+    let index = info.index.map(|s| {
+        let mut per_split: BTreeMap<String, u64> = BTreeMap::new();
+        for count in &s.labels {
+            *per_split.entry(count.split.clone()).or_default() += count.count;
+        }
+        let labels: std::collections::BTreeSet<&str> =
+            s.labels.iter().map(|c| c.label.as_str()).collect();
+        serde_json::json!({
+            "total": s.total, "dimension": s.dimension,
+            "labels": labels.len(), "per_split": per_split,
+        })
+    });
+    let finetuned = info.finetuned.map(|f| {
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&f.manifest_json).unwrap_or(serde_json::Value::Null);
+        // The label list is long and already in labels.txt's hash.
+        if let Some(object) = manifest.as_object_mut() {
+            object.remove("labels");
+        }
+        serde_json::json!({ "method": f.method, "labels": f.labels.len(), "manifest": manifest })
+    });
+    let prompt = info.prompt.map(|p| {
+        serde_json::json!({
+            "backend": p.backend, "model": p.model, "ready": p.ready,
+            "constrained": p.constrained,
+            "input_price_per_million": p.input_price_per_million,
+            "output_price_per_million": p.output_price_per_million,
+        })
+    });
+    serde_json::json!({
+        "version": info.version,
+        "defaults": defaults,
+        "embedder": embedder,
+        "index": index,
+        "finetuned": finetuned,
+        "prompt": prompt,
+        "errors": info.errors.into_iter().collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// Whether the checkout this binary was built from has uncommitted changes
+/// now; `None` when it cannot tell (an installed binary, no git).
+fn git_dirty() -> Option<bool> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()?;
+    if String::from_utf8_lossy(&head.stdout).trim() != env!("LEXTRAL_GIT_COMMIT") {
+        return None;
+    }
+    let status = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(root)
+        .output()
+        .ok()?;
+    status.status.success().then(|| !status.stdout.is_empty())
+}
+
+/// A run folder being written.
+struct RunFolder {
+    dir: PathBuf,
+    /// run.json of an earlier session, when resuming.
+    previous: Option<serde_json::Value>,
+}
+
+impl RunFolder {
+    /// Opens `dir`: new (absent or empty), or an earlier run with `resume`.
+    fn open(dir: &Path, resume: bool) -> anyhow::Result<Self> {
+        let run_file = dir.join(files::RUN);
+        let previous = if run_file.is_file() {
+            if !resume {
+                anyhow::bail!(
+                    "{} already holds a run; pass --resume to continue it, or choose another --out",
+                    dir.display()
+                );
+            }
+            let text = std::fs::read_to_string(&run_file)?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a run file", run_file.display()))?,
+            )
+        } else {
+            if resume {
+                anyhow::bail!("{}: nothing to resume (no {})", dir.display(), files::RUN);
+            }
+            if dir.is_dir() && std::fs::read_dir(dir)?.next().is_some() {
+                anyhow::bail!(
+                    "{} is not empty and holds no run; choose an empty or new folder",
+                    dir.display()
+                );
+            }
+            None
+        };
+        std::fs::create_dir_all(dir.join(files::PREDICTIONS))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            previous,
+        })
+    }
+
+    fn predictions_path(&self, strategy: &str) -> PathBuf {
+        self.dir
+            .join(files::PREDICTIONS)
+            .join(format!("{strategy}.jsonl"))
+    }
+
+    /// Records this session in run.json; refuses to resume with other data
+    /// or options, which would mix two experiments in one report.
+    fn begin(&self, mut metadata: serde_json::Value, names: &[String]) -> anyhow::Result<u32> {
+        let mut sessions = Vec::new();
+        if let Some(previous) = &self.previous {
+            for key in ["split_sha256", "labels_sha256", "split", "clauses"] {
+                let before = &previous["data"][key];
+                let now = &metadata["data"][key];
+                if before != now {
+                    anyhow::bail!(
+                        "cannot resume {}: the data differ ({key} was {before}, is {now})",
+                        self.dir.display()
+                    );
+                }
+            }
+            for name in names {
+                let before = &previous["strategies"][name];
+                let now = &metadata["strategies"][name];
+                if !before.is_null() && before != now {
+                    anyhow::bail!(
+                        "cannot resume {}: {name} ran with options {before}, now {now}",
+                        self.dir.display()
+                    );
+                }
+            }
+            // Strategies of the earlier sessions stay part of the run.
+            if let (Some(before), Some(now)) = (
+                previous["strategies"].as_object(),
+                metadata["strategies"].as_object_mut(),
+            ) {
+                for (name, options) in before {
+                    now.entry(name.clone()).or_insert(options.clone());
+                }
+            }
+            metadata["created_at"] = previous["created_at"].clone();
+            sessions = previous["sessions"].as_array().cloned().unwrap_or_default();
+        }
+        let session = sessions.len() as u32;
+        sessions.push(serde_json::json!({
+            "session": session,
+            "started_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "git_commit": metadata["git_commit"],
+            "stack": metadata["stack"],
+            "status": "running",
+        }));
+        metadata["sessions"] = serde_json::Value::Array(sessions);
+        metadata["status"] = "running".into();
+        self.write_run(&metadata)?;
+        Ok(session)
+    }
+
+    /// Predictions of earlier sessions, checked against the clauses.
+    fn previous(&self, strategy: &str, hashes: &[String]) -> anyhow::Result<Vec<Prediction>> {
+        let path = self.predictions_path(strategy);
+        let predictions = read_predictions(&path, true)?;
+        let mut seen: HashMap<usize, usize> = HashMap::new();
+        for (line, p) in predictions.iter().enumerate() {
+            if hashes.get(p.index) != Some(&p.text_sha256) {
+                anyhow::bail!(
+                    "{} line {}: clause {} does not match the split; was it made from other data?",
+                    path.display(),
+                    line + 1,
+                    p.index
+                );
+            }
+            if let Some(first) = seen.insert(p.index, line) {
+                anyhow::bail!(
+                    "{} lines {} and {}: clause {} answered twice",
+                    path.display(),
+                    first + 1,
+                    line + 1,
+                    p.index
+                );
+            }
+        }
+        Ok(predictions)
+    }
+
+    /// Marks the session's end in run.json and returns the run metadata.
+    fn finish(&self, session: u32, status: &str) -> anyhow::Result<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join(files::RUN))?;
+        let mut run: serde_json::Value = serde_json::from_str(&text)?;
+        run["status"] = status.into();
+        if let Some(entry) = run["sessions"]
+            .as_array_mut()
+            .and_then(|s| s.get_mut(session as usize))
+        {
+            entry["status"] = status.into();
+            entry["ended_at"] = chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .into();
+        }
+        self.write_run(&run)?;
+        Ok(run)
+    }
+
+    fn write_run(&self, run: &serde_json::Value) -> anyhow::Result<()> {
+        write_atomically(&self.dir.join(files::RUN), |file| {
+            serde_json::to_writer_pretty(&mut *file, run)?;
+            Ok(())
+        })
+    }
+}
+
+/// `lextral eval compare`.
+fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let runs = lextral_eval::compare::load_runs(&args.runs)?;
+    let table = lextral_eval::compare::overview(&runs);
+    print!("{table}");
+    if let Some(path) = &args.out {
+        write_atomically(path, |file| {
+            use std::io::Write;
+            file.write_all(table.as_bytes())?;
+            Ok(())
+        })?;
+        println!("table written to {}", path.display());
+    }
     Ok(())
 }
 
 /// `lextral eval score`: parse and score predictions made elsewhere.
 fn score_predictions(args: ScoreArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
     let labels = lextral_common::labels::read_label_file(&args.labels)?;
     let matcher = lextral_prompt_classifier::parse::LabelMatcher::new(&labels);
     let known: std::collections::HashSet<&str> = labels.iter().map(String::as_str).collect();
     let text = std::fs::read_to_string(&args.predictions)
         .with_context(|| format!("cannot read {}", args.predictions.display()))?;
-    let mut pairs = Vec::new();
-    let mut methods: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut predictions = Vec::new();
+    let mut methods: BTreeMap<String, usize> = BTreeMap::new();
     for (index, line) in text.lines().enumerate() {
         let at = || format!("{} line {}", args.predictions.display(), index + 1);
         if line.trim().is_empty() {
@@ -285,7 +733,7 @@ fn score_predictions(args: ScoreArgs) -> anyhow::Result<()> {
             .get("label")
             .and_then(|v| v.as_str())
             .with_context(|| format!("{}: needs a string \"label\" (the gold label)", at()))?;
-        let prediction = match value.get("prediction") {
+        let answer = match value.get("prediction") {
             Some(serde_json::Value::String(p)) => p.as_str(),
             Some(serde_json::Value::Null) => "",
             _ => anyhow::bail!(
@@ -300,34 +748,47 @@ fn score_predictions(args: ScoreArgs) -> anyhow::Result<()> {
                 args.labels.display()
             );
         }
-        let (label, method) = matcher.parse(prediction);
+        let (label, method) = matcher.parse(answer);
         *methods.entry(method.as_str().to_owned()).or_default() += 1;
-        pairs.push((gold.to_owned(), label.map(str::to_owned)));
+        predictions.push(Prediction {
+            index,
+            text_sha256: String::new(),
+            gold: gold.to_owned(),
+            predicted: label.map(str::to_owned),
+            confidence: None,
+            strategy: "external".to_owned(),
+            answered_by: None,
+            latency_ms: 0.0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            session: 0,
+            finished_ms: 0.0,
+        });
     }
-    if pairs.is_empty() {
+    if predictions.is_empty() {
         anyhow::bail!("{} holds no predictions", args.predictions.display());
     }
-    let scores = score(&pairs);
-    let report = Report {
-        strategy: "external".to_owned(),
-        split: String::new(),
-        data: args.predictions.display().to_string(),
-        n: scores.n,
-        accuracy: scores.accuracy,
-        micro_f1: scores.micro_f1,
-        macro_f1: scores.macro_f1,
-        abstained: scores.abstained,
-        latency_ms: Latency::default(),
-        throughput_per_s: 0.0,
-        wall_s: started.elapsed().as_secs_f64(),
-        concurrency: 1,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: 0.0,
-        cost_per_1000_usd: 0.0,
-        parse_methods: methods,
-        per_label: scores.per_label,
-    };
-    report.print();
-    report.write(args.report.as_ref())
+    let mut report = StrategyReport::build(
+        ReportContext {
+            strategy: "external",
+            split: "",
+            data: &args.predictions.display().to_string(),
+            total: predictions.len(),
+            concurrency: 1,
+            load: None,
+            options: serde_json::Value::Null,
+        },
+        &predictions,
+    );
+    report.parse_methods = methods;
+    println!("{}", report.summary());
+    if let Some(path) = &args.report {
+        write_atomically(path, |file| {
+            serde_json::to_writer_pretty(&mut *file, &report)?;
+            Ok(())
+        })?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
 }

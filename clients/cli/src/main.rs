@@ -6,7 +6,6 @@ mod data;
 mod eval;
 mod finetune;
 mod index;
-mod metrics;
 mod serve;
 mod train;
 

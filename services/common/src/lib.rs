@@ -2,6 +2,7 @@
 //! tracing set-up, Prometheus metrics, shutdown signals and gRPC bootstrap.
 
 pub mod error;
+pub mod fs;
 pub mod labels;
 pub mod metrics;
 pub mod server;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use lextral_common::into_status;
 use lextral_proto::v1::{
     orchestrator_service_server::OrchestratorService, ClassifyRequest, ClassifyResponse,
-    IngestRequest, IngestResponse, LabelsRequest, LabelsResponse,
+    IngestRequest, IngestResponse, LabelsRequest, LabelsResponse, OrchestratorServiceInfoRequest,
+    OrchestratorServiceInfoResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -57,5 +58,12 @@ impl OrchestratorService for OrchestratorGrpc {
             .await
             .map_err(into_status)?;
         Ok(Response::new(response))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<OrchestratorServiceInfoRequest>,
+    ) -> Result<Response<OrchestratorServiceInfoResponse>, Status> {
+        Ok(Response::new(self.orchestrator.info().await))
     }
 }

@@ -10,8 +10,9 @@ use lextral_proto::v1::{
     retriever_service_client::RetrieverServiceClient, ClassificationResult, ClassifyRequest,
     ClassifyResponse, EmbedRequest, FewShotExamples, FinetunedClassifierServiceClassifyRequest,
     IngestRequest, IngestResponse, KnnOptions, LabelCount, LabelScore, LabeledText, LabelsResponse,
-    Neighbor, PromptClassifierServiceClassifyRequest, PromptMode, PromptOptions, QueryVector,
-    SearchRequest, StageLatency, StatsRequest, Strategy, UpsertRecord, UpsertRequest, VoteMethod,
+    Neighbor, OrchestratorServiceInfoResponse, PromptClassifierServiceClassifyRequest, PromptMode,
+    PromptOptions, QueryVector, SearchRequest, StageLatency, StatsRequest, Strategy, UpsertRecord,
+    UpsertRequest, VoteMethod,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
@@ -672,6 +673,76 @@ impl Orchestrator {
             unchanged: outcome.unchanged,
             truncated,
         })
+    }
+
+    /// The server's defaults and each dependency's description; a dependency
+    /// that does not answer within 5 s is named in `errors`.
+    pub async fn info(&self) -> OrchestratorServiceInfoResponse {
+        fn timed<T>(message: T) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(Duration::from_secs(5));
+            request
+        }
+        let (mut embedder, mut retriever, mut finetuned, mut prompt) = (
+            self.embedder.clone(),
+            self.retriever.clone(),
+            self.finetuned.clone(),
+            self.prompt.clone(),
+        );
+        let (embedder, index, finetuned, prompt) = tokio::join!(
+            embedder.info(timed(lextral_proto::v1::EmbedderServiceInfoRequest {})),
+            retriever.stats(timed(StatsRequest {})),
+            finetuned.info(timed(
+                lextral_proto::v1::FinetunedClassifierServiceInfoRequest {}
+            )),
+            prompt.info(timed(
+                lextral_proto::v1::PromptClassifierServiceInfoRequest {}
+            )),
+        );
+        fn keep<T>(
+            errors: &mut std::collections::HashMap<String, String>,
+            name: &str,
+            result: Result<tonic::Response<T>, tonic::Status>,
+        ) -> Option<T> {
+            match result {
+                Ok(response) => Some(response.into_inner()),
+                Err(status) => {
+                    errors.insert(
+                        name.to_owned(),
+                        format!("{:?}: {}", status.code(), status.message()),
+                    );
+                    None
+                }
+            }
+        }
+        let mut errors = std::collections::HashMap::new();
+        let embedder = keep(&mut errors, "embedder", embedder);
+        let index = keep(&mut errors, "retriever", index);
+        let finetuned = keep(&mut errors, "finetuned-classifier", finetuned);
+        let prompt = keep(&mut errors, "prompt-classifier", prompt);
+        let c = &self.config;
+        let defaults = serde_json::json!({
+            "knn": {
+                "k": c.knn_k,
+                "vote": c.knn_vote,
+                "power": c.knn_power,
+                "temperature": c.knn_temperature,
+                "min_similarity": c.knn_min_similarity,
+                "min_confidence": c.knn_min_confidence,
+            },
+            "cascade": { "min_confidence": c.cascade_min_confidence },
+            "rag": { "k": c.rag_k },
+            "labels_file": c.labels_file.as_ref().map(|p| p.display().to_string()),
+        });
+        OrchestratorServiceInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            defaults_json: defaults.to_string(),
+            embedder,
+            index,
+            finetuned,
+            prompt,
+            errors,
+        }
     }
 
     /// Asks each dependency's gRPC health service whether it is SERVING.

@@ -1,0 +1,23 @@
+//! Crash-safe file writes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// Writes through a temporary file in the same directory, syncs it, then
+/// renames it over `path`: readers see the old file or the new one, never
+/// half of one.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let tmp: PathBuf = path.with_extension("tmp-lextral");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    write(&mut writer)?;
+    let file = writer.into_inner().map_err(|err| err.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
