@@ -93,6 +93,18 @@ for attempt in $(seq 1 30); do
   sleep 2
 done
 
+# An evaluation report of the fast strategies on the validation split
+# (about half a minute); rag and zero-shot are in the hint below.
+REPORT=""
+if [ -f "$DATA/validation.jsonl" ]; then
+  STRATEGIES=knn
+  [ -n "${LEXTRAL_FINETUNED_MODEL:-}" ] && STRATEGIES=knn,finetuned,cascade
+  RUN="$HOME_DIR/runs/quickstart-$(date -u +%Y%m%dT%H%M%SZ)"
+  echo "quickstart: evaluating $STRATEGIES on validation -> $RUN"
+  "$BIN" eval --data "$DATA" --split validation --strategy "$STRATEGIES" --out "$RUN" --server "http://$GRPC"
+  REPORT="$RUN/report.html"
+fi
+
 cat <<TXT
 
 Lextral is running:
@@ -100,7 +112,8 @@ Lextral is running:
   API docs      http://$HTTP/docs
   REST          curl -s http://$HTTP/v1/classify -H 'content-type: application/json' -d '{"texts":["..."],"strategy":"knn"}'
   gRPC          $GRPC (grpcurl -plaintext $GRPC list)
-  evaluate      $BIN eval --data $DATA --split validation --strategy knn --report report.json
-                (strategies: knn, finetuned, cascade, rag, zero-shot)
+  report        ${REPORT:-(no validation split)}
+  evaluate      $BIN eval --data $DATA --split validation --strategy knn,finetuned,cascade,rag,zero-shot --out runs/validation
+                ($BIN eval compare RUN_DIR... for an overview across runs)
   stop          scripts/quickstart.sh stop
 TXT

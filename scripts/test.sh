@@ -31,5 +31,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The report render test opens report.html in headless Chromium (Debian's
+# chromium package). As root (CI) install it and make the test required;
+# otherwise the test says it skipped.
+if [ -z "${LEXTRAL_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing chromium for the report render test"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "test: chromium not found; the report render test will skip (apt-get install chromium)" >&2
+  fi
+fi
+if [ -n "${LEXTRAL_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then
+  export LEXTRAL_REQUIRE_CHROMIUM=1
+fi
+
 echo "test: embedder $LEXTRAL_EMBED_MODEL, LLM $LEXTRAL_LLM_MODEL"
 cargo test --workspace --all-targets "$@"

@@ -59,6 +59,11 @@ fn tokio_stream_once<T: Send + 'static>(
     futures::stream::iter(vec![item])
 }
 
+/// GET `url` and parse the JSON body.
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn services_report_health_and_reflection() {
     let database = fresh_database().await;
@@ -85,25 +90,11 @@ async fn services_report_health_and_reflection() {
     }
 
     let http = reqwest::Client::new();
-    let ready: Value = http
-        .get(stack.rest("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = get_json(&http, &stack.rest("/readyz")).await;
     assert_eq!(ready["status"], "ready", "{ready}");
     let health = http.get(stack.rest("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let spec: Value = http
-        .get(stack.rest("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = get_json(&http, &stack.rest("/openapi.json")).await;
     assert!(spec["paths"]["/v1/classify"]["post"].is_object(), "{spec}");
     for page in ["/", "/docs"] {
         let response = http.get(stack.rest(page)).send().await.unwrap();
@@ -231,14 +222,7 @@ async fn ingest_then_classify_end_to_end() {
     }
 
     // Labels come from the index.
-    let labels: Value = http
-        .get(stack.rest("/v1/labels"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let labels: Value = get_json(&http, &stack.rest("/v1/labels")).await;
     let mut expected: Vec<&str> = known.clone();
     expected.sort();
     expected.dedup();
@@ -249,6 +233,16 @@ async fn ingest_then_classify_end_to_end() {
         .map(|l| l.as_str().unwrap())
         .collect();
     assert_eq!(got, expected);
+
+    // The stack describes itself; no prompt-classifier runs here, so it is
+    // named in `errors`.
+    let info: Value = get_json(&http, &stack.rest("/v1/info")).await;
+    assert_eq!(info["index"]["total"], 240, "{info}");
+    assert_eq!(info["index"]["dimension"], 384);
+    assert_eq!(info["embedder"]["dimension"], 384);
+    assert_eq!(info["defaults"]["knn"]["k"], 20);
+    assert_eq!(info["defaults"]["cascade"]["min_confidence"], 0.2);
+    assert!(info["errors"]["prompt-classifier"].is_string(), "{info}");
 
     // The Prometheus recorder saw the calls.
     let rendered = lextral_common::metrics::prometheus_handle().render();

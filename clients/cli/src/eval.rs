@@ -112,20 +112,12 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         None => {}
     }
     let data = args.data.clone().context("--data is required")?;
-    let names = strategy_names(&args.strategy)?;
-    if args.report.is_some() && names.len() > 1 {
-        anyhow::bail!("--report takes one strategy; use --out RUN_DIR for several");
-    }
+    let mut names = strategy_names(&args.strategy)?;
     if !(args.requests_per_day >= 0.0 && args.infra_usd_per_hour >= 0.0) {
         anyhow::bail!("--requests-per-day and --infra-usd-per-hour must be ≥ 0");
     }
+    // Checks every line (file:line errors) and refuses an empty split.
     let mut examples = read_split(&data, &args.split)?;
-    if examples.is_empty() {
-        anyhow::bail!(
-            "{}: the split holds no clauses",
-            data.join(format!("{}.jsonl", args.split)).display()
-        );
-    }
     if let Some(limit) = args.limit {
         examples.truncate(limit);
     }
@@ -143,6 +135,27 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         Some(dir) => Some(RunFolder::open(dir, args.resume)?),
         None => None,
     };
+    // A resumed run keeps its earlier strategies (the report covers them
+    // all); new ones in --strategy are added to it.
+    if let Some(previous) = folder.as_ref().and_then(|f| f.previous.as_ref()) {
+        let mut all: Vec<String> = previous["strategy_order"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in names {
+            if !all.contains(&name) {
+                all.push(name);
+            }
+        }
+        names = all;
+    }
+    if args.report.is_some() && names.len() > 1 {
+        anyhow::bail!("--report takes one strategy; use --out RUN_DIR for several");
+    }
     let client = args.server.connect().await?;
     let metadata = run_metadata(&args, &data, &names, examples.len(), client.clone()).await?;
     let session = match &folder {
@@ -255,7 +268,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             if complete { "" } else { " (partial)" }
         );
         if !complete {
-            let done: usize = run_report.strategies.iter().map(|r| r.n).sum();
+            let done: usize = run_report.strategies.iter().map(|r| r.scores.n).sum();
             let total = run_report.strategies.len() * examples.len();
             eprintln!(
                 "{done} of {total} classifications done; continue with the same command and --resume"
@@ -286,6 +299,12 @@ fn strategy_names(args: &StrategyArgs) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(names)
+}
+
+/// The f64 that prints like the f32 (0.35837597, not 0.3583759665489197):
+/// the wire value is f32 and the extra digits are noise.
+fn shortest_f64(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(value as f64)
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -359,7 +378,7 @@ async fn classify_all(
             text_sha256: hashes[index].clone(),
             gold: examples[index].label.clone(),
             predicted: (!answer.abstained).then(|| answer.label.clone()),
-            confidence: (!answer.abstained).then_some(answer.confidence as f64),
+            confidence: (!answer.abstained).then(|| shortest_f64(answer.confidence)),
             strategy: strategy_name(strategy).to_owned(),
             answered_by: (strategy == Strategy::Cascade)
                 .then(|| Strategy::try_from(answer.answered_by).ok())
@@ -431,7 +450,7 @@ async fn run_metadata(
     let split_file = data.join(format!("{}.jsonl", args.split));
     let labels_file = data.join("labels.txt");
     let stack = match client.info(OrchestratorServiceInfoRequest {}).await {
-        Ok(info) => stack_json(info.into_inner()),
+        Ok(info) => lextral_orchestrator::info::to_json(info.into_inner()),
         Err(status) => serde_json::json!({
             "error": format!("{:?}: {}", status.code(), status.message())
         }),
@@ -468,59 +487,9 @@ async fn run_metadata(
             "infra_usd_per_hour": args.infra_usd_per_hour,
         },
         "strategies": strategies,
+        "strategy_order": names,
         "stack": stack,
     }))
-}
-
-/// The orchestrator's Info as JSON, the fine-tuned manifest parsed.
-fn stack_json(info: lextral_proto::v1::OrchestratorServiceInfoResponse) -> serde_json::Value {
-    let defaults: serde_json::Value =
-        serde_json::from_str(&info.defaults_json).unwrap_or(serde_json::Value::Null);
-    let embedder = info.embedder.map(|e| {
-        serde_json::json!({
-            "model_id": e.model_id, "dimension": e.dimension,
-            "max_sequence_length": e.max_sequence_length, "pooling": e.pooling,
-            "normalize": e.normalize,
-        })
-    });
-    let index = info.index.map(|s| {
-        let mut per_split: BTreeMap<String, u64> = BTreeMap::new();
-        for count in &s.labels {
-            *per_split.entry(count.split.clone()).or_default() += count.count;
-        }
-        let labels: std::collections::BTreeSet<&str> =
-            s.labels.iter().map(|c| c.label.as_str()).collect();
-        serde_json::json!({
-            "total": s.total, "dimension": s.dimension,
-            "labels": labels.len(), "per_split": per_split,
-        })
-    });
-    let finetuned = info.finetuned.map(|f| {
-        let mut manifest: serde_json::Value =
-            serde_json::from_str(&f.manifest_json).unwrap_or(serde_json::Value::Null);
-        // The label list is long and already in labels.txt's hash.
-        if let Some(object) = manifest.as_object_mut() {
-            object.remove("labels");
-        }
-        serde_json::json!({ "method": f.method, "labels": f.labels.len(), "manifest": manifest })
-    });
-    let prompt = info.prompt.map(|p| {
-        serde_json::json!({
-            "backend": p.backend, "model": p.model, "ready": p.ready,
-            "constrained": p.constrained,
-            "input_price_per_million": p.input_price_per_million,
-            "output_price_per_million": p.output_price_per_million,
-        })
-    });
-    serde_json::json!({
-        "version": info.version,
-        "defaults": defaults,
-        "embedder": embedder,
-        "index": index,
-        "finetuned": finetuned,
-        "prompt": prompt,
-        "errors": info.errors.into_iter().collect::<BTreeMap<_, _>>(),
-    })
 }
 
 /// Whether the checkout this binary was built from has uncommitted changes
@@ -578,8 +547,6 @@ impl RunFolder {
             }
             None
         };
-        std::fs::create_dir_all(dir.join(files::PREDICTIONS))
-            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Self {
             dir: dir.to_owned(),
             previous,
@@ -617,18 +584,13 @@ impl RunFolder {
                     );
                 }
             }
-            // Strategies of the earlier sessions stay part of the run.
-            if let (Some(before), Some(now)) = (
-                previous["strategies"].as_object(),
-                metadata["strategies"].as_object_mut(),
-            ) {
-                for (name, options) in before {
-                    now.entry(name.clone()).or_insert(options.clone());
-                }
-            }
             metadata["created_at"] = previous["created_at"].clone();
             sessions = previous["sessions"].as_array().cloned().unwrap_or_default();
         }
+        // Created only now, after the data and the server checked out, so a
+        // failed start leaves no half-made folder behind.
+        std::fs::create_dir_all(self.dir.join(files::PREDICTIONS))
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
         let session = sessions.len() as u32;
         sessions.push(serde_json::json!({
             "session": session,

@@ -65,6 +65,11 @@ pub fn overview(runs: &[LoadedRun]) -> String {
             })
         })
         .collect();
-    rows.sort_by(|a, b| b.report.macro_f1.total_cmp(&a.report.macro_f1));
+    rows.sort_by(|a, b| {
+        b.report
+            .scores
+            .macro_f1
+            .total_cmp(&a.report.scores.macro_f1)
+    });
     overview_markdown(&rows)
 }

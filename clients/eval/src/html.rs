@@ -113,17 +113,17 @@ pub fn render(report: &RunReport, run_name: &str, plots: &[Plot]) -> anyhow::Res
         let _ = write!(
             out,
             "<p>accuracy {:.4} · answered accuracy {:.4} · abstained {} ({:.1}%) · macro P/R/F1 {:.4}/{:.4}/{:.4} · micro P/R/F1 {:.4}/{:.4}/{:.4} · weighted F1 {:.4}{}</p>\n",
-            r.accuracy,
-            r.answered_accuracy,
-            r.abstained,
-            r.abstention_rate * 100.0,
-            r.macro_precision,
-            r.macro_recall,
-            r.macro_f1,
-            r.micro_precision,
-            r.micro_recall,
-            r.micro_f1,
-            r.weighted_f1,
+            r.scores.accuracy,
+            r.scores.answered_accuracy,
+            r.scores.abstained,
+            r.scores.abstention_rate * 100.0,
+            r.scores.macro_precision,
+            r.scores.macro_recall,
+            r.scores.macro_f1,
+            r.scores.micro_precision,
+            r.scores.micro_recall,
+            r.scores.micro_f1,
+            r.scores.weighted_f1,
             r.calibration
                 .as_ref()
                 .map(|c| format!(" · ECE {:.4}", c.ece))
@@ -141,7 +141,7 @@ pub fn render(report: &RunReport, run_name: &str, plots: &[Plot]) -> anyhow::Res
             );
         }
         out.push_str("</table>\n<details><summary>Per-label precision, recall, F1</summary>\n<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>\n");
-        for (label, m) in &r.per_label {
+        for (label, m) in &r.scores.per_label {
             let _ = writeln!(
                 out,
                 "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>",

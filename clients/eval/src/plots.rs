@@ -60,6 +60,21 @@ fn shorten(label: &str, max: usize) -> String {
     }
 }
 
+/// The series legend, the same on every chart.
+fn draw_legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FONT, 15))
+        .draw()?;
+    Ok(())
+}
+
 /// A plot written to the run folder.
 #[derive(Debug, Clone)]
 pub struct Plot {
@@ -97,13 +112,22 @@ pub fn draw_all(
         "F1 per strategy",
         &names,
         &[
-            ("micro-F1", reports.iter().map(|r| r.micro_f1).collect()),
-            ("macro-F1", reports.iter().map(|r| r.macro_f1).collect()),
+            (
+                "micro-F1",
+                reports.iter().map(|r| r.scores.micro_f1).collect(),
+            ),
+            (
+                "macro-F1",
+                reports.iter().map(|r| r.scores.macro_f1).collect(),
+            ),
             (
                 "weighted-F1",
-                reports.iter().map(|r| r.weighted_f1).collect(),
+                reports.iter().map(|r| r.scores.weighted_f1).collect(),
             ),
-            ("accuracy", reports.iter().map(|r| r.accuracy).collect()),
+            (
+                "accuracy",
+                reports.iter().map(|r| r.scores.accuracy).collect(),
+            ),
         ],
     )?;
     grouped_bars(
@@ -116,19 +140,19 @@ pub fn draw_all(
         &[
             (
                 "macro precision",
-                reports.iter().map(|r| r.macro_precision).collect(),
+                reports.iter().map(|r| r.scores.macro_precision).collect(),
             ),
             (
                 "macro recall",
-                reports.iter().map(|r| r.macro_recall).collect(),
+                reports.iter().map(|r| r.scores.macro_recall).collect(),
             ),
             (
                 "micro precision",
-                reports.iter().map(|r| r.micro_precision).collect(),
+                reports.iter().map(|r| r.scores.micro_precision).collect(),
             ),
             (
                 "micro recall",
-                reports.iter().map(|r| r.micro_recall).collect(),
+                reports.iter().map(|r| r.scores.micro_recall).collect(),
             ),
         ],
     )?;
@@ -218,13 +242,7 @@ fn grouped_bars(
             text_style(17.0, HPos::Center, VPos::Top),
         ))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 15))
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }
@@ -249,6 +267,7 @@ fn latency_cdf(path: &Path, names: &[&str], predictions: &[Vec<Prediction>]) -> 
         .build_cartesian_2d((lo..hi).log_scale(), 0f64..1.0)?;
     chart
         .configure_mesh()
+        .x_labels(16)
         .x_desc("milliseconds (log scale)")
         .y_desc("share of clauses answered")
         .label_style((FONT, 15))
@@ -280,13 +299,7 @@ fn latency_cdf(path: &Path, names: &[&str], predictions: &[Vec<Prediction>]) -> 
             .label(format!("{name} (p50 {p50:.1} ms)"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 15))
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -339,13 +352,7 @@ fn reliability(path: &Path, reports: &[StrategyReport]) -> anyhow::Result<()> {
             Circle::new((b.mean_confidence, b.accuracy), radius as i32, c.filled())
         }))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 15))
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.draw(&Text::new(
         "marker area ∝ answers in the bin",
         (780, 740),
@@ -358,6 +365,7 @@ fn reliability(path: &Path, reports: &[StrategyReport]) -> anyhow::Result<()> {
 /// Horizontal bars of F1 per label, best first, with the support.
 fn per_label_f1(path: &Path, report: &StrategyReport) -> anyhow::Result<()> {
     let mut rows: Vec<(&String, f64, usize)> = report
+        .scores
         .per_label
         .iter()
         .map(|(label, m)| (label, m.f1, m.support))
@@ -372,7 +380,7 @@ fn per_label_f1(path: &Path, report: &StrategyReport) -> anyhow::Result<()> {
         .caption(
             format!(
                 "Per-label F1, {} (macro-F1 {:.3})",
-                report.strategy, report.macro_f1
+                report.strategy, report.scores.macro_f1
             ),
             (FONT, 24),
         )

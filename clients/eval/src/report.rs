@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{
-    calibration, percentile, score, top_confusions, Calibration, Confusion, LabelMetrics,
+    calibration, percentile, score, top_confusions, Calibration, Confusion, Scores,
 };
 use crate::predictions::{wall_seconds, Prediction};
 
@@ -111,36 +111,10 @@ pub struct StrategyReport {
     pub complete: bool,
     /// Clauses in the split.
     pub total: usize,
-    /// Clauses classified (`n`).
-    pub n: usize,
-    /// Correct / n.
-    pub accuracy: f64,
-    /// Micro-averaged precision (abstentions are not predictions).
-    pub micro_precision: f64,
-    /// Micro-averaged recall.
-    pub micro_recall: f64,
-    /// Micro-averaged F1.
-    pub micro_f1: f64,
-    /// Macro-averaged precision (scikit-learn's label set).
-    pub macro_precision: f64,
-    /// Macro-averaged recall.
-    pub macro_recall: f64,
-    /// Macro-averaged F1 over gold-or-predicted labels (scikit-learn).
-    pub macro_f1: f64,
-    /// Macro-averaged F1 over gold labels only.
-    pub macro_f1_gold_labels: f64,
-    /// Support-weighted precision.
-    pub weighted_precision: f64,
-    /// Support-weighted recall.
-    pub weighted_recall: f64,
-    /// Support-weighted F1.
-    pub weighted_f1: f64,
-    /// Clauses without an answer.
-    pub abstained: usize,
-    /// abstained / n.
-    pub abstention_rate: f64,
-    /// Correct / answered.
-    pub answered_accuracy: f64,
+    /// Accuracy, micro/macro/weighted precision, recall and F1, abstention,
+    /// per label (flattened: the keys sit at the top level, `n` included).
+    #[serde(flatten)]
+    pub scores: Scores,
     /// Reliability of the confidences; absent when the strategy gives none.
     pub calibration: Option<Calibration>,
     /// Per-clause end-to-end latency.
@@ -172,8 +146,6 @@ pub struct StrategyReport {
     pub options: serde_json::Value,
     /// The most frequent confusions.
     pub top_confusions: Vec<Confusion>,
-    /// Per label (gold or predicted).
-    pub per_label: BTreeMap<String, LabelMetrics>,
 }
 
 /// What a strategy report is built from besides the predictions.
@@ -235,21 +207,6 @@ impl StrategyReport {
             data: context.data.to_owned(),
             complete: predictions.len() == context.total,
             total: context.total,
-            n: scores.n,
-            accuracy: scores.accuracy,
-            micro_precision: scores.micro_precision,
-            micro_recall: scores.micro_recall,
-            micro_f1: scores.micro_f1,
-            macro_precision: scores.macro_precision,
-            macro_recall: scores.macro_recall,
-            macro_f1: scores.macro_f1,
-            macro_f1_gold_labels: scores.macro_f1_gold_labels,
-            weighted_precision: scores.weighted_precision,
-            weighted_recall: scores.weighted_recall,
-            weighted_f1: scores.weighted_f1,
-            abstained: scores.abstained,
-            abstention_rate: scores.abstention_rate,
-            answered_accuracy: scores.answered_accuracy,
             calibration,
             latency_ms: Latency::of(&latencies),
             throughput_per_s,
@@ -266,7 +223,7 @@ impl StrategyReport {
             parse_methods: BTreeMap::new(),
             options: context.options,
             top_confusions: top_confusions(&pairs, TOP_CONFUSIONS),
-            per_label: scores.per_label,
+            scores,
         }
     }
 
@@ -276,13 +233,13 @@ impl StrategyReport {
             "{} on {} ({} clauses{}): accuracy {:.4}  micro-F1 {:.4}  macro-F1 {:.4}  weighted-F1 {:.4}  abstained {}",
             self.strategy,
             self.split,
-            self.n,
+            self.scores.n,
             if self.complete { "" } else { ", PARTIAL" },
-            self.accuracy,
-            self.micro_f1,
-            self.macro_f1,
-            self.weighted_f1,
-            self.abstained,
+            self.scores.accuracy,
+            self.scores.micro_f1,
+            self.scores.macro_f1,
+            self.scores.weighted_f1,
+            self.scores.abstained,
         );
         if self.latency_ms.p50 > 0.0 {
             let _ = write!(
@@ -382,17 +339,17 @@ pub fn overview_markdown(rows: &[OverviewRow<'_>]) -> String {
             row.run,
             r.strategy,
             options_text(&r.options),
-            r.n,
+            r.scores.n,
             if r.complete { "" } else { " (partial)" },
             r.latency_ms.p50,
             r.latency_ms.p95,
             r.throughput_per_s,
             r.cost_per_1000_usd,
             monthly,
-            r.macro_f1,
-            r.micro_f1,
-            r.weighted_f1,
-            r.abstention_rate * 100.0,
+            r.scores.macro_f1,
+            r.scores.micro_f1,
+            r.scores.weighted_f1,
+            r.scores.abstention_rate * 100.0,
             ece,
         );
     }
@@ -432,12 +389,12 @@ impl RunReport {
                 out,
                 "\n## {}\n\naccuracy {:.4} · answered accuracy {:.4} · macro P/R {:.4}/{:.4} · micro P/R {:.4}/{:.4}",
                 report.strategy,
-                report.accuracy,
-                report.answered_accuracy,
-                report.macro_precision,
-                report.macro_recall,
-                report.micro_precision,
-                report.micro_recall,
+                report.scores.accuracy,
+                report.scores.answered_accuracy,
+                report.scores.macro_precision,
+                report.scores.macro_recall,
+                report.scores.micro_precision,
+                report.scores.micro_recall,
             );
             if let Some(cal) = &report.calibration {
                 let _ = write!(out, " · ECE {:.4}", cal.ece);

@@ -3,35 +3,11 @@
 //! `fixtures/make_sklearn_fixture.py` (scikit-learn) and committed.
 
 use lextral_eval::report::{ReportContext, StrategyReport};
-use lextral_eval::Prediction;
 use serde_json::Value;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+mod common;
 
-fn predictions() -> Vec<Prediction> {
-    let text = std::fs::read_to_string(format!("{FIXTURES}/sklearn_predictions.jsonl")).unwrap();
-    text.lines()
-        .enumerate()
-        .map(|(index, line)| {
-            let row: Value = serde_json::from_str(line).unwrap();
-            Prediction {
-                index,
-                text_sha256: String::new(),
-                gold: row["gold"].as_str().unwrap().to_owned(),
-                predicted: row["predicted"].as_str().map(str::to_owned),
-                confidence: row["confidence"].as_f64(),
-                strategy: "fixture".into(),
-                answered_by: None,
-                latency_ms: 1.0,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
-                session: 0,
-                finished_ms: index as f64,
-            }
-        })
-        .collect()
-}
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn expected() -> Value {
     let text = std::fs::read_to_string(format!("{FIXTURES}/sklearn_expected.json")).unwrap();
@@ -51,7 +27,7 @@ fn close(what: &str, ours: f64, sklearn: &Value) {
 
 #[test]
 fn report_metrics_match_scikit_learn() {
-    let predictions = predictions();
+    let predictions = common::fixture_predictions("fixture");
     let expected = expected();
     let report = StrategyReport::build(
         ReportContext {
@@ -65,51 +41,55 @@ fn report_metrics_match_scikit_learn() {
         },
         &predictions,
     );
-    assert_eq!(report.n as u64, expected["n"].as_u64().unwrap());
-    close("accuracy", report.accuracy, &expected["accuracy"]);
+    assert_eq!(report.scores.n as u64, expected["n"].as_u64().unwrap());
+    close("accuracy", report.scores.accuracy, &expected["accuracy"]);
     close(
         "micro precision",
-        report.micro_precision,
+        report.scores.micro_precision,
         &expected["micro_precision"],
     );
     close(
         "micro recall",
-        report.micro_recall,
+        report.scores.micro_recall,
         &expected["micro_recall"],
     );
-    close("micro F1", report.micro_f1, &expected["micro_f1"]);
+    close("micro F1", report.scores.micro_f1, &expected["micro_f1"]);
     close(
         "macro precision",
-        report.macro_precision,
+        report.scores.macro_precision,
         &expected["macro_precision"],
     );
     close(
         "macro recall",
-        report.macro_recall,
+        report.scores.macro_recall,
         &expected["macro_recall"],
     );
-    close("macro F1", report.macro_f1, &expected["macro_f1"]);
+    close("macro F1", report.scores.macro_f1, &expected["macro_f1"]);
     close(
         "macro F1 over gold labels",
-        report.macro_f1_gold_labels,
+        report.scores.macro_f1_gold_labels,
         &expected["macro_f1_gold_labels"],
     );
     close(
         "weighted precision",
-        report.weighted_precision,
+        report.scores.weighted_precision,
         &expected["weighted_precision"],
     );
     close(
         "weighted recall",
-        report.weighted_recall,
+        report.scores.weighted_recall,
         &expected["weighted_recall"],
     );
-    close("weighted F1", report.weighted_f1, &expected["weighted_f1"]);
+    close(
+        "weighted F1",
+        report.scores.weighted_f1,
+        &expected["weighted_f1"],
+    );
 
     let per_label = expected["per_label"].as_object().unwrap();
-    assert_eq!(report.per_label.len(), per_label.len());
+    assert_eq!(report.scores.per_label.len(), per_label.len());
     for (label, want) in per_label {
-        let ours = &report.per_label[label];
+        let ours = &report.scores.per_label[label];
         close(
             &format!("{label} precision"),
             ours.precision,

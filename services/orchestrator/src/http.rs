@@ -408,6 +408,18 @@ async fn labels(
     }))
 }
 
+/// Describe the stack: server defaults per strategy, the embedding model,
+/// index size per split, the fine-tuned model's manifest, the LLM backend.
+/// A dependency that does not answer is null and named in `errors`.
+#[utoipa::path(
+    get,
+    path = "/v1/info",
+    responses((status = 200, description = "The stack", body = Object))
+)]
+async fn info(State(orchestrator): State<Arc<Orchestrator>>) -> Json<serde_json::Value> {
+    Json(crate::info::to_json(orchestrator.info().await))
+}
+
 /// Liveness: the gateway process answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive")))]
 async fn healthz() -> Json<serde_json::Value> {
@@ -447,7 +459,7 @@ async fn readyz(State(orchestrator): State<Arc<Orchestrator>>) -> (StatusCode, J
         title = "Lextral",
         description = "Contract-clause classification: kNN over labelled clauses, fine-tuned classifiers and LLM prompting behind one API."
     ),
-    paths(classify, labels, healthz, readyz),
+    paths(classify, labels, info, healthz, readyz),
     components(schemas(
         ClassifyBody,
         ClassifyOptions,
@@ -520,6 +532,7 @@ pub fn app(orchestrator: Arc<Orchestrator>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/classify", post(classify))
         .route("/v1/labels", get(labels))
+        .route("/v1/info", get(info))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod info;
 pub mod knn;
 pub mod names;
 pub mod service;

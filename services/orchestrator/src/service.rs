@@ -721,16 +721,23 @@ impl Orchestrator {
         let finetuned = keep(&mut errors, "finetuned-classifier", finetuned);
         let prompt = keep(&mut errors, "prompt-classifier", prompt);
         let c = &self.config;
+        // Flags are f32; print them as typed (0.2, not 0.20000000298).
+        let num = |x: f32| -> serde_json::Value {
+            x.to_string()
+                .parse::<f64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_default()
+        };
         let defaults = serde_json::json!({
             "knn": {
                 "k": c.knn_k,
                 "vote": c.knn_vote,
-                "power": c.knn_power,
-                "temperature": c.knn_temperature,
-                "min_similarity": c.knn_min_similarity,
-                "min_confidence": c.knn_min_confidence,
+                "power": num(c.knn_power),
+                "temperature": num(c.knn_temperature),
+                "min_similarity": num(c.knn_min_similarity),
+                "min_confidence": num(c.knn_min_confidence),
             },
-            "cascade": { "min_confidence": c.cascade_min_confidence },
+            "cascade": { "min_confidence": num(c.cascade_min_confidence) },
             "rag": { "k": c.rag_k },
             "labels_file": c.labels_file.as_ref().map(|p| p.display().to_string()),
         });
