@@ -256,7 +256,8 @@ fn latency_cdf(path: &Path, names: &[&str], predictions: &[Vec<Prediction>]) -> 
         .collect();
     all.sort_by(f64::total_cmp);
     let lo = all.first().copied().unwrap_or(1.0) * 0.8;
-    let hi = all.last().copied().unwrap_or(10.0).max(lo * 10.0) * 1.25;
+    // A decade of room on the right keeps the legend off the curves.
+    let hi = all.last().copied().unwrap_or(10.0).max(lo * 10.0) * 10.0;
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
