@@ -509,7 +509,7 @@ fn git_dirty() -> Option<bool> {
         .current_dir(root)
         .output()
         .ok()?;
-    status.status.success().then(|| !status.stdout.is_empty())
+    status.status.success().then_some(!status.stdout.is_empty())
 }
 
 /// A run folder being written.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use base64::Engine;
 
 use crate::plots::Plot;
-use crate::report::{overview_markdown, OverviewRow, RunReport};
+use crate::report::{cost_formula, overview_markdown, OverviewRow, RunReport};
 
 /// Escapes text for HTML.
 pub fn escape(text: &str) -> String {
@@ -89,30 +89,25 @@ pub fn render(report: &RunReport, run_name: &str, plots: &[Plot]) -> anyhow::Res
         .iter()
         .find_map(|r| r.monthly_cost.as_ref())
     {
-        let _ = write!(
-            out,
-            "<p>Monthly cost at {:.0} clauses/day with machines at ${:.3}/h: machines = max(1, ⌈clauses/day ÷ 86,400 ÷ measured clauses/s⌉); \
-             $/month = machines × $/h × 730 + clauses/day × 730/24 × ($/1,000 ÷ 1,000).</p>\n",
-            monthly.load.requests_per_day, monthly.load.infra_usd_per_hour
-        );
+        let _ = writeln!(out, "<p>{}</p>", escape(&cost_formula(&monthly.load)));
     }
     out.push_str("<h2>Plots</h2>\n");
     for plot in plots {
         let bytes = std::fs::read(&plot.path)
             .with_context(|| format!("cannot read {}", plot.path.display()))?;
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<figure><figcaption>{}</figcaption><img alt=\"{}\" src=\"data:image/png;base64,{}\"></figure>\n",
+            "<figure><figcaption>{}</figcaption><img alt=\"{}\" src=\"data:image/png;base64,{}\"></figure>",
             escape(&plot.title),
             escape(&plot.title),
             base64::engine::general_purpose::STANDARD.encode(bytes)
         );
     }
     for r in &report.strategies {
-        let _ = write!(out, "<h2>{}</h2>\n", escape(&r.strategy));
-        let _ = write!(
+        let _ = writeln!(out, "<h2>{}</h2>", escape(&r.strategy));
+        let _ = writeln!(
             out,
-            "<p>accuracy {:.4} · answered accuracy {:.4} · abstained {} ({:.1}%) · macro P/R/F1 {:.4}/{:.4}/{:.4} · micro P/R/F1 {:.4}/{:.4}/{:.4} · weighted F1 {:.4}{}</p>\n",
+            "<p>accuracy {:.4} · answered accuracy {:.4} · abstained {} ({:.1}%) · macro P/R/F1 {:.4}/{:.4}/{:.4} · micro P/R/F1 {:.4}/{:.4}/{:.4} · weighted F1 {:.4}{}</p>",
             r.scores.accuracy,
             r.scores.answered_accuracy,
             r.scores.abstained,

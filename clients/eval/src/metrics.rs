@@ -281,7 +281,7 @@ pub fn top_confusions(pairs: &[(String, Option<String>)], limit: usize) -> Vec<C
         })
         .collect();
     // Stable sort keeps the BTreeMap's (gold, predicted) order among ties.
-    list.sort_by(|a, b| b.count.cmp(&a.count));
+    list.sort_by_key(|c| std::cmp::Reverse(c.count));
     list.truncate(limit);
     list
 }

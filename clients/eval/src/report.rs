@@ -98,6 +98,16 @@ impl MonthlyCost {
     }
 }
 
+/// The monthly cost formula in words, with the run's load.
+pub fn cost_formula(load: &Load) -> String {
+    format!(
+        "Monthly cost at {:.0} clauses/day with machines at ${:.3}/h: \
+         machines = max(1, ⌈clauses/day ÷ 86,400 ÷ measured clauses/s⌉); \
+         $/month = machines × $/h × 730 + clauses/day × 730/24 × ($/1,000 ÷ 1,000).",
+        load.requests_per_day, load.infra_usd_per_hour
+    )
+}
+
 /// Everything measured for one strategy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StrategyReport {
@@ -375,14 +385,8 @@ impl RunReport {
             .collect();
         out.push_str("## Overview\n\n");
         out.push_str(&overview_markdown(&rows));
-        if let Some(load) = self.strategies.iter().find_map(|r| r.monthly_cost.as_ref()) {
-            let _ = write!(
-                out,
-                "\nMonthly cost at {:.0} clauses/day with machines at ${:.3}/h: \
-                 machines = max(1, ⌈clauses/day ÷ 86,400 ÷ measured clauses/s⌉); \
-                 $/month = machines × $/h × 730 + clauses/day × 730/24 × ($/1,000 ÷ 1,000).\n",
-                load.load.requests_per_day, load.load.infra_usd_per_hour
-            );
+        if let Some(monthly) = self.strategies.iter().find_map(|r| r.monthly_cost.as_ref()) {
+            let _ = writeln!(out, "\n{}", cost_formula(&monthly.load));
         }
         for report in &self.strategies {
             let _ = write!(
