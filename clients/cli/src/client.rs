@@ -40,7 +40,8 @@ impl ServerArgs {
 /// Strategy options shared by `classify` and `eval`.
 #[derive(Args, Clone)]
 pub struct StrategyArgs {
-    /// knn, finetuned, cascade, rag or zero-shot.
+    /// knn, finetuned, cascade, rag or zero-shot (`eval`: several,
+    /// comma-separated).
     #[arg(long, default_value = "knn")]
     pub strategy: String,
     /// kNN neighbours (1..=100); server default if absent.

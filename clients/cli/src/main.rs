@@ -35,7 +35,8 @@ enum Command {
     Index(index::IndexArgs),
     /// Classify clauses through the orchestrator.
     Classify(client::ClassifyArgs),
-    /// Classify every clause of a split and report quality and latency.
+    /// Classify every clause of a split with one or more strategies; report
+    /// quality, calibration, latency and cost (a run folder with --out).
     Eval(eval::EvalArgs),
     /// Train a classifier (served by the finetuned-classifier service).
     Train(train::TrainArgs),
