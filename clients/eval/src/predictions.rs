@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -56,8 +56,8 @@ impl Prediction {
     }
 }
 
-/// Reads a predictions file. A last line cut short by a crash (no newline
-/// and not valid JSON) is dropped and the file truncated to the last whole
+/// Reads a predictions file. A last line cut short by a crash (no newline)
+/// is dropped and the file truncated to the last whole
 /// line, so that appending resumes cleanly; any other bad line is an error
 /// naming the file and line.
 pub fn read_predictions(path: &Path, repair: bool) -> anyhow::Result<Vec<Prediction>> {
@@ -85,29 +85,27 @@ pub fn read_predictions(path: &Path, repair: bool) -> anyhow::Result<Vec<Predict
             good_bytes += read as u64;
             continue;
         }
-        match serde_json::from_str::<Prediction>(line.trim_end()) {
-            Ok(prediction) if whole => {
-                predictions.push(prediction);
-                good_bytes += read as u64;
+        if !whole {
+            // Only the last line can lack its newline: the last write did not
+            // finish. Drop it (even if it parses) and redo that clause.
+            if repair {
+                let file = OpenOptions::new().write(true).open(path)?;
+                file.set_len(good_bytes)?;
+                file.sync_all()?;
             }
-            // A torn tail: the last write did not finish.
-            _ if !whole => {
-                if repair {
-                    let file = OpenOptions::new().write(true).open(path)?;
-                    file.set_len(good_bytes)?;
-                    file.sync_all()?;
-                }
-                break;
-            }
-            Err(err) => anyhow::bail!("{} line {number}: not a prediction: {err}", path.display()),
-            Ok(_) => unreachable!("whole lines are handled above"),
+            break;
         }
+        let prediction = serde_json::from_str::<Prediction>(line.trim_end()).map_err(|err| {
+            anyhow::anyhow!("{} line {number}: not a prediction: {err}", path.display())
+        })?;
+        predictions.push(prediction);
+        good_bytes += read as u64;
     }
     Ok(predictions)
 }
 
-/// Appends predictions to a file, flushing each line and syncing to disk at
-/// most every `sync_every` (and on [`Journal::sync`] / drop).
+/// Appends predictions to a file, one write call per line, synced to disk
+/// at least every `sync_every` (and on [`Journal::sync`] / drop).
 pub struct Journal {
     path: PathBuf,
     file: File,
@@ -119,12 +117,11 @@ pub struct Journal {
 impl Journal {
     /// Opens `path` for appending (created if absent).
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        file.seek(SeekFrom::End(0))?;
         Ok(Self {
             path: path.to_owned(),
             file,
