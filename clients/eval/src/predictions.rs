@@ -105,7 +105,7 @@ pub fn read_predictions(path: &Path, repair: bool) -> anyhow::Result<Vec<Predict
 }
 
 /// Appends predictions to a file, one write call per line, synced to disk
-/// at least every `sync_every` (and on [`Journal::sync`] / drop).
+/// at most every `sync_every` (and on [`Journal::sync`] / drop).
 pub struct Journal {
     path: PathBuf,
     file: File,
