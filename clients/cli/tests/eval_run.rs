@@ -239,13 +239,14 @@ async fn eval_writes_a_run_folder_survives_ctrl_c_resumes_and_compares() {
     for strategy in ["| knn |", "| finetuned |", "| cascade |", "macro-F1"] {
         assert!(stdout.contains(strategy), "{stdout}");
     }
+    let nope = work.path().join("nope");
     failed_with(
-        &lextral(&[
-            "eval",
-            "compare",
-            work.path().join("nope").to_str().unwrap(),
-        ])
-        .await,
+        &lextral(&["eval", "compare", nope.to_str().unwrap()]).await,
+        "no such run folder",
+    );
+    std::fs::create_dir(&nope).unwrap();
+    failed_with(
+        &lextral(&["eval", "compare", nope.to_str().unwrap()]).await,
         "no report",
     );
 

@@ -20,6 +20,9 @@ pub struct LoadedRun {
 pub fn load_runs(dirs: &[PathBuf]) -> anyhow::Result<Vec<LoadedRun>> {
     dirs.iter()
         .map(|dir| {
+            if !dir.exists() {
+                anyhow::bail!("{}: no such run folder", dir.display());
+            }
             let path = if dir.is_dir() {
                 dir.join(files::REPORT_JSON)
             } else {
