@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod database;
+mod dockerfile;
 mod embedder;
 mod end_to_end;
 mod finetuned;
