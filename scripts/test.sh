@@ -51,3 +51,5 @@ echo "test: embedder $LEXTRAL_EMBED_MODEL, LLM $LEXTRAL_LLM_MODEL"
 cargo test --workspace --all-targets "$@"
 # The Python client against a live stack (venv, generated stubs, pytest).
 clients/python/run-tests.sh
+# The Helm chart rendered and checked without helm (Go renderer).
+helm/check.sh

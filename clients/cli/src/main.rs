@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod finetune;
 mod index;
+mod migrate;
 mod serve;
 mod train;
 
@@ -33,6 +34,8 @@ enum Command {
     },
     /// Embed and store labelled clauses through the orchestrator.
     Index(index::IndexArgs),
+    /// Create or upgrade the pgvector schema and exit (Kubernetes migration Job).
+    Migrate(migrate::MigrateArgs),
     /// Classify clauses through the orchestrator.
     Classify(client::ClassifyArgs),
     /// Classify every clause of a split with one or more strategies; report
@@ -106,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve { target } => serve::run(target).await,
             Command::Index(args) => index::run(args).await,
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Classify(args) => client::classify(args).await,
             Command::Eval(args) => eval::run(args).await,
             Command::Train(args) => train::run(args).await,
