@@ -203,7 +203,7 @@ fn dockerfile_stages_copies_binary_user_and_ports_are_consistent() {
         .find(|(flags, _, _)| flags.get("from").map(String::as_str) == Some("build"))
         .expect("runtime copies from build");
     assert_eq!(flags["from"], "build");
-    assert_eq!(sources, [installed.clone()]);
+    assert_eq!(sources, std::slice::from_ref(&installed));
     let entrypoint = runtime.all("ENTRYPOINT").next().expect("ENTRYPOINT");
     assert_eq!(entrypoint, format!("[\"{destination}\"]"));
 
