@@ -109,6 +109,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 pass
             assert time.time() < deadline, "lextral serve all never became ready"
             time.sleep(0.3)
+        # As after the quickstart: every service SERVING (the local LLM and
+        # the fine-tuned model load in the background).
+        with Lextral(f"127.0.0.1:{grpc_port}", timeout_s=5) as client:
+            for service in ["Embedder", "Retriever", "FinetunedClassifier", "PromptClassifier", "Orchestrator"]:
+                while client.health(f"lextral.v1.{service}Service") != "SERVING":
+                    assert time.time() < deadline + 60, f"{service} never became SERVING"
+                    time.sleep(0.5)
         train = ledgar("train", 80)
         with Lextral(f"127.0.0.1:{grpc_port}") as client:
             counts = client.ingest(train)

@@ -40,6 +40,8 @@ def test_readme_command(stack, command):
     assert output.strip(), command
     if command.endswith(" list"):
         assert "lextral.v1.OrchestratorService" in output
+    elif " list " in command:
+        assert "lextral.v1.OrchestratorService.Classify" in output
     elif " describe " in command:
         assert "rpc " in output
     elif "Health/Check" in command:
@@ -47,6 +49,7 @@ def test_readme_command(stack, command):
     elif "OrchestratorService/Classify" in command:
         results = json.loads(output)["results"]
         assert results and results[0]["label"]
+        assert results[0]["answeredBy"].startswith("STRATEGY_")
     elif "EmbedderService/Embed" in command:
         assert len(json.loads(output)["embeddings"][0]["values"]) == 384
     elif "FinetunedClassifierService/Classify" in command:
@@ -54,5 +57,7 @@ def test_readme_command(stack, command):
         assert result["label"] and len(result["alternatives"]) == 3
     elif "FinetunedClassifierService/Info" in command:
         assert json.loads(output)["method"] == "lexical"
+    elif "EmbedderService/Info" in command:
+        assert json.loads(output)["dimension"] == 384
     elif "PromptClassifierService/Info" in command:
         assert json.loads(output)["backend"]
