@@ -250,6 +250,51 @@ fn unknown_strategy_and_missing_database_url_are_clear_errors() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--database-url"));
 }
 
+#[tokio::test]
+async fn migrate_creates_the_schema_idempotently_and_waits_then_fails_clearly() {
+    let _ = admin_database_url();
+    let database = fresh_database().await;
+    for _ in 0..2 {
+        let output = lextral(&["migrate", "--database-url", &database, "--wait-s", "5"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("schema ready (dimension 384)"));
+    }
+    // The retriever finds the schema the Job made.
+    let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT to_regclass('public.lextral_clauses')::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("lextral_clauses")
+    );
+
+    // Nothing listens: it retries for --wait-s, then says why.
+    let started = Instant::now();
+    let output = lextral(&[
+        "migrate",
+        "--database-url",
+        "postgres://lextral@127.0.0.1:1/lextral",
+        "--wait-s",
+        "3",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("retrying") && stderr.contains("migrate failed: database unavailable"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}
+
 #[test]
 fn eval_score_parses_and_scores_external_predictions() {
     let dir = tempfile::tempdir().unwrap();
