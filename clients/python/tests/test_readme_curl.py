@@ -1,0 +1,53 @@
+"""Every curl command in the README's "REST API" section works as written
+against `lextral serve all` (the host and port swapped for the test's)."""
+
+import json
+import pathlib
+import re
+import subprocess
+
+import pytest
+
+README = pathlib.Path(__file__).resolve().parents[3] / "README.md"
+
+
+def readme_commands():
+    section = README.read_text().split("## REST API", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    commands, current = [], []
+    for line in block.splitlines():
+        if line.startswith("curl ") and current:
+            commands.append("\n".join(current))
+            current = []
+        current.append(line)
+    commands.append("\n".join(current))
+    return commands
+
+
+def test_the_readme_shows_classify_labels_info_and_health():
+    joined = "\n".join(readme_commands())
+    for path in ["/v1/classify", "/v1/labels", "/v1/info", "/healthz", "/readyz", "/openapi.json"]:
+        assert f"http://127.0.0.1:8080{path}" in joined, path
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_curl(stack, command):
+    command = command.replace("127.0.0.1:8080", stack.http)
+    # --fail-with-body: an HTTP error fails the command.
+    command = command.replace("curl -s", "curl -s --fail-with-body", 1)
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    body = json.loads(result.stdout)
+    if "/v1/classify" in command:
+        answer = body["results"][0]
+        assert answer["label"] and answer["answered_by"] in {"knn", "finetuned"}
+        if '"cascade"' in command:
+            assert len(answer["alternatives"]) >= 1
+    elif "/v1/labels" in command:
+        assert len(body["labels"]) > 1
+    elif "/v1/info" in command:
+        assert body["index"]["total"] == 80
+    elif "/readyz" in command:
+        assert body["status"] == "ready"
+    elif "/openapi.json" in command:
+        assert "/v1/classify" in body["paths"]
