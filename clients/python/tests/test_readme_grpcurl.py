@@ -57,6 +57,9 @@ def test_readme_command(stack, command):
         assert result["label"] and len(result["alternatives"]) == 3
     elif "FinetunedClassifierService/Info" in command:
         assert json.loads(output)["method"] == "lexical"
+    elif "PromptClassifierService/Classify" in command:
+        result = json.loads(output)["results"][0]
+        assert result["label"] in {"Governing Laws", "Notices", "Severability"}, result
     elif "EmbedderService/Info" in command:
         assert json.loads(output)["dimension"] == 384
     elif "PromptClassifierService/Info" in command:
