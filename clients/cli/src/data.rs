@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use lextral_common::fs::write_atomically;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde::{Deserialize, Serialize};
@@ -213,8 +214,6 @@ pub async fn fetch_ledgar(
     }
     Ok(written)
 }
-
-pub use lextral_common::fs::write_atomically;
 
 /// What one Hugging Face parquet file holds.
 pub struct ParquetRows {

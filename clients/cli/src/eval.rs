@@ -22,7 +22,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::client::{ServerArgs, StrategyArgs};
-use crate::data::{read_labels, read_split, write_atomically, Example};
+use crate::data::{read_labels, read_split, Example};
+use lextral_common::fs::{write_json_atomically, write_text_atomically};
 
 /// `lextral eval`.
 #[derive(Args)]
@@ -193,7 +194,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             ..args.strategy.clone()
         };
         let mut predictions = match &folder {
-            Some(folder) => folder.previous(name, &hashes)?,
+            Some(folder) => folder.earlier_predictions(name, &hashes)?,
             None => Vec::new(),
         };
         if failure.is_none() && !cancel.is_cancelled() {
@@ -240,10 +241,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
 
     if let Some(path) = &args.report {
         let report = &reports[0];
-        write_atomically(path, |file| {
-            serde_json::to_writer_pretty(&mut *file, report)?;
-            Ok(())
-        })?;
+        write_json_atomically(path, report)?;
         println!("report written to {}", path.display());
     }
     let complete = reports.iter().all(|r| r.complete);
@@ -607,7 +605,11 @@ impl RunFolder {
     }
 
     /// Predictions of earlier sessions, checked against the clauses.
-    fn previous(&self, strategy: &str, hashes: &[String]) -> anyhow::Result<Vec<Prediction>> {
+    fn earlier_predictions(
+        &self,
+        strategy: &str,
+        hashes: &[String],
+    ) -> anyhow::Result<Vec<Prediction>> {
         let path = self.predictions_path(strategy);
         let predictions = read_predictions(&path, true)?;
         let mut seen: HashMap<usize, usize> = HashMap::new();
@@ -652,10 +654,7 @@ impl RunFolder {
     }
 
     fn write_run(&self, run: &serde_json::Value) -> anyhow::Result<()> {
-        write_atomically(&self.dir.join(files::RUN), |file| {
-            serde_json::to_writer_pretty(&mut *file, run)?;
-            Ok(())
-        })
+        write_json_atomically(&self.dir.join(files::RUN), run)
     }
 }
 
@@ -665,11 +664,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let table = lextral_eval::compare::overview(&runs);
     print!("{table}");
     if let Some(path) = &args.out {
-        write_atomically(path, |file| {
-            use std::io::Write;
-            file.write_all(table.as_bytes())?;
-            Ok(())
-        })?;
+        write_text_atomically(path, &table)?;
         println!("table written to {}", path.display());
     }
     Ok(())
@@ -746,10 +741,7 @@ fn score_predictions(args: ScoreArgs) -> anyhow::Result<()> {
     report.parse_methods = methods;
     println!("{}", report.summary());
     if let Some(path) = &args.report {
-        write_atomically(path, |file| {
-            serde_json::to_writer_pretty(&mut *file, &report)?;
-            Ok(())
-        })?;
+        write_json_atomically(path, &report)?;
         println!("report written to {}", path.display());
     }
     Ok(())

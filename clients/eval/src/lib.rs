@@ -13,7 +13,7 @@ pub mod report;
 use std::path::Path;
 
 use anyhow::Context;
-use lextral_common::fs::write_atomically;
+use lextral_common::fs::{write_json_atomically, write_text_atomically};
 
 pub use predictions::{read_predictions, Journal, Prediction};
 pub use report::{Load, ReportContext, RunReport, StrategyReport};
@@ -54,25 +54,14 @@ pub fn write_run_reports(
         labels,
     )
     .context("drawing the plots")?;
-    write_atomically(&dir.join(files::REPORT_JSON), |file| {
-        serde_json::to_writer_pretty(&mut *file, report)?;
-        Ok(())
-    })?;
+    write_json_atomically(&dir.join(files::REPORT_JSON), report)?;
     let relative: Vec<(String, String)> = plots
         .iter()
         .map(|p| (p.title.clone(), format!("{}/{}", files::PLOTS, p.file)))
         .collect();
     let markdown = report.markdown(&run_name, &relative);
-    write_atomically(&dir.join(files::REPORT_MD), |file| {
-        use std::io::Write;
-        file.write_all(markdown.as_bytes())?;
-        Ok(())
-    })?;
+    write_text_atomically(&dir.join(files::REPORT_MD), &markdown)?;
     let page = html::render(report, &run_name, &plots)?;
-    write_atomically(&dir.join(files::REPORT_HTML), |file| {
-        use std::io::Write;
-        file.write_all(page.as_bytes())?;
-        Ok(())
-    })?;
+    write_text_atomically(&dir.join(files::REPORT_HTML), &page)?;
     Ok(())
 }

@@ -21,3 +21,19 @@ pub fn write_atomically(
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
+
+/// [`write_atomically`] of `value` as pretty-printed JSON.
+pub fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    write_atomically(path, |file| {
+        serde_json::to_writer_pretty(&mut *file, value)?;
+        Ok(())
+    })
+}
+
+/// [`write_atomically`] of `text`.
+pub fn write_text_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    write_atomically(path, |file| {
+        std::io::Write::write_all(file, text.as_bytes())?;
+        Ok(())
+    })
+}

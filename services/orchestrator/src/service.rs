@@ -33,6 +33,24 @@ pub const MAX_RAG_K: u32 = 32;
 /// How long the index's label list is reused for prompts.
 const LABELS_TTL: Duration = Duration::from_secs(30);
 
+/// A downstream answer must hold one item per input; anything else is a
+/// bug there, reported as INTERNAL.
+fn expect_count(
+    service: &str,
+    got: usize,
+    want: usize,
+    items: &str,
+    inputs: &str,
+) -> Result<(), OrchestratorError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(OrchestratorError::Internal(format!(
+            "{service} returned {got} {items} for {want} {inputs}"
+        )))
+    }
+}
+
 /// The readiness of one dependency.
 #[derive(Debug, Clone)]
 pub struct DependencyStatus {
@@ -295,12 +313,7 @@ impl Orchestrator {
             .map_err(OrchestratorError::downstream("embedder"))?
             .into_inner()
             .embeddings;
-        if embeddings.len() != count {
-            return Err(OrchestratorError::Internal(format!(
-                "embedder returned {} vectors for {count} texts",
-                embeddings.len()
-            )));
-        }
+        expect_count("embedder", embeddings.len(), count, "vectors", "texts")?;
         Ok(embeddings)
     }
 
@@ -383,12 +396,13 @@ impl Orchestrator {
             .map_err(OrchestratorError::downstream("retriever"))?
             .into_inner();
         latencies.push(stage("search", started.elapsed()));
-        if search.results.len() != count {
-            return Err(OrchestratorError::Internal(format!(
-                "retriever returned {} results for {count} queries",
-                search.results.len()
-            )));
-        }
+        expect_count(
+            "retriever",
+            search.results.len(),
+            count,
+            "results",
+            "queries",
+        )?;
         Ok(Retrieved {
             results: search.results,
             truncated,
@@ -415,12 +429,13 @@ impl Orchestrator {
             .await
             .map_err(OrchestratorError::downstream("finetuned-classifier"))?
             .into_inner();
-        if response.results.len() != count {
-            return Err(OrchestratorError::Internal(format!(
-                "finetuned-classifier returned {} results for {count} texts",
-                response.results.len()
-            )));
-        }
+        expect_count(
+            "finetuned-classifier",
+            response.results.len(),
+            count,
+            "results",
+            "texts",
+        )?;
         let results = response
             .results
             .into_iter()
@@ -569,12 +584,13 @@ impl Orchestrator {
             .map_err(OrchestratorError::downstream("prompt-classifier"))?
             .into_inner();
         latencies.push(stage("llm", started.elapsed()));
-        if response.results.len() != count {
-            return Err(OrchestratorError::Internal(format!(
-                "prompt-classifier returned {} results for {count} texts",
-                response.results.len()
-            )));
-        }
+        expect_count(
+            "prompt-classifier",
+            response.results.len(),
+            count,
+            "results",
+            "texts",
+        )?;
         let results = response
             .results
             .into_iter()
