@@ -157,6 +157,12 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.report.is_some() && names.len() > 1 {
         anyhow::bail!("--report takes one strategy; use --out RUN_DIR for several");
     }
+    // Refuse an unwritable --report before classifying, not after.
+    if let Some(dir) = args.report.as_deref().and_then(Path::parent) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            anyhow::bail!("--report: folder {} does not exist", dir.display());
+        }
+    }
     let client = args.server.connect().await?;
     let metadata = run_metadata(&args, &data, &names, examples.len(), client.clone()).await?;
     let session = match &folder {

@@ -248,6 +248,27 @@ fn unknown_strategy_and_missing_database_url_are_clear_errors() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--database-url"));
+
+    // An unwritable --report is refused before any clause is classified
+    // (no server is needed to get this far).
+    let data = lextral_integration_tests::shared_data().join("ledgar");
+    let output = lextral(&[
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "validation",
+        "--report",
+        "/nonexistent/dir/r.json",
+        "--server",
+        "http://127.0.0.1:1",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--report: folder /nonexistent/dir does not exist"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
