@@ -167,6 +167,10 @@ pub struct EmbedArgs {
     /// Clauses timed one at a time for single-clause latency.
     #[arg(long, default_value_t = 100)]
     single: usize,
+    /// Also write the vectors, one JSON array per line in input order (to
+    /// compare with another implementation).
+    #[arg(long)]
+    vectors: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -212,6 +216,9 @@ struct EmbedReport {
     tokens_per_s: f64,
     p50_ms_single: f64,
     p95_ms_single: f64,
+    /// Threads the encoder ran on (`RAYON_NUM_THREADS`, default: all cores).
+    threads: usize,
+    peak_rss_mb: f64,
 }
 
 #[derive(Serialize)]
@@ -241,20 +248,34 @@ async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     let max_batch_tokens = args.embedder.max_batch_tokens;
     let batch = args.batch.max(1);
     let single = args.single;
+    let vectors_path = args.vectors.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<EmbedReport> {
         let embedder = SentenceEmbedder::load(&dir, &model_id)?;
         // Warm-up: first calls pay for allocations and thread start.
         embedder.embed(&texts[..texts.len().min(batch)], true, max_batch_tokens)?;
         let started = Instant::now();
         let mut tokens = 0;
+        let mut vectors = Vec::new();
         for chunk in texts.chunks(batch) {
             let embeddings = embedder.embed(chunk, true, max_batch_tokens)?;
             tokens += embeddings
                 .iter()
                 .map(|e| e.token_count.min(embedder.info().max_seq_len))
                 .sum::<usize>();
+            if vectors_path.is_some() {
+                vectors.extend(embeddings.into_iter().map(|e| e.values));
+            }
         }
         let seconds = started.elapsed().as_secs_f64();
+        if let Some(path) = &vectors_path {
+            let mut lines = String::new();
+            for vector in &vectors {
+                lines.push_str(&serde_json::to_string(vector)?);
+                lines.push('\n');
+            }
+            lextral_common::fs::write_text_atomically(path, &lines)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         let mut singles: Vec<f64> = texts
             .iter()
             .take(single)
@@ -275,6 +296,8 @@ async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
             tokens_per_s: tokens as f64 / seconds,
             p50_ms_single: percentile(&singles, 50.0),
             p95_ms_single: percentile(&singles, 95.0),
+            threads: rayon::current_num_threads(),
+            peak_rss_mb: peak_rss_mb(),
         })
     })
     .await??;

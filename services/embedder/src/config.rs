@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 // One place per default: the flags and the `with_*` constructors share them.
-const DEFAULT_MAX_BATCH_TOKENS: usize = 256;
+const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
 const DEFAULT_QUEUE_CAPACITY: usize = 256;
 const DEFAULT_MAX_TEXTS: usize = 1024;
 const DEFAULT_MAX_TEXT_BYTES: usize = 100_000;
@@ -19,7 +19,8 @@ pub struct EmbedderConfig {
     #[arg(id = "embed-model", long = "embed-model", env = "LEXTRAL_EMBED_MODEL", default_value_t = default_model())]
     pub model: String,
 
-    /// Tokens (padded length x texts) packed into one forward pass.
+    /// Tokens (summed over the texts; packed texts are not padded) run in
+    /// one forward pass.
     #[arg(
         id = "embed-max-batch-tokens",
         long = "embed-max-batch-tokens",

@@ -3,9 +3,12 @@
 //! truncation), served over gRPC with a batching queue.
 
 pub mod batcher;
+pub mod bert;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod kernels;
+pub mod matmul;
 pub mod model;
 
 use std::future::Future;
@@ -77,4 +80,23 @@ pub async fn run(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use candle_core::Tensor;
+
+    /// Largest element-wise difference between two tensors of one shape.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
 }

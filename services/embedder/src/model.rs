@@ -5,15 +5,15 @@
 //! `1_Pooling/config.json`, and L2 normalisation when `modules.json` lists a
 //! Normalize module.
 
-use std::cmp::Reverse;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+use crate::bert::BertEncoder;
 use crate::error::EmbedderError;
 
 /// How token vectors become one sentence vector.
@@ -72,10 +72,8 @@ struct Encoded {
 
 /// A loaded model and tokenizer.
 pub struct SentenceEmbedder {
-    model: BertModel,
+    model: BertEncoder,
     tokenizer: Tokenizer,
-    device: Device,
-    pad_id: u32,
     info: ModelInfo,
 }
 
@@ -120,7 +118,8 @@ impl SentenceEmbedder {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
             .map_err(|err| fail(format!("model.safetensors: {err}")))?;
-        let model = BertModel::load(vb, &config).map_err(|err| fail(format!("weights: {err}")))?;
+        let model =
+            BertEncoder::load(vb, &config).map_err(|err| fail(format!("weights: {err}")))?;
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|err| fail(format!("tokenizer.json: {err}")))?;
@@ -129,7 +128,6 @@ impl SentenceEmbedder {
             .with_truncation(None)
             .map_err(|err| fail(format!("tokenizer.json: {err}")))?;
         tokenizer.with_padding(None);
-        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
 
         let modules: Vec<StModule> = read_optional_json(&dir.join("modules.json"))
             .map_err(fail)?
@@ -165,8 +163,6 @@ impl SentenceEmbedder {
         Ok(Self {
             model,
             tokenizer,
-            device,
-            pad_id,
             info: ModelInfo {
                 model_id: model_id.to_owned(),
                 dimension: config.hidden_size,
@@ -182,33 +178,27 @@ impl SentenceEmbedder {
         &self.info
     }
 
-    /// Embeds `texts`, packing length-sorted texts into forward passes of at
-    /// most `max_batch_tokens` padded tokens so short texts are not padded to
-    /// long ones. Vectors come back in input order, L2-normalised if asked.
+    /// Embeds `texts`, packing consecutive texts into forward passes of at
+    /// most `max_batch_tokens` tokens (a longer text goes alone). Packed
+    /// texts are not padded, so the budget counts real tokens only. Vectors
+    /// come back in input order, L2-normalised if asked.
     pub fn embed(
         &self,
         texts: &[String],
         normalize: bool,
         max_batch_tokens: usize,
     ) -> Result<Vec<TextEmbedding>, EmbedderError> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
         let encoded = self.encode(texts)?;
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
-        order.sort_by_key(|&i| Reverse(encoded[i].ids.len()));
-
-        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); encoded.len()];
+        let mut vectors = Vec::with_capacity(encoded.len());
         let mut start = 0;
-        while start < order.len() {
-            // Sorted longest first, so the first text sets the padded length.
-            let longest = encoded[order[start]].ids.len();
-            let per_batch = (max_batch_tokens / longest).max(1);
-            let end = (start + per_batch).min(order.len());
-            let batch: Vec<&Encoded> = order[start..end].iter().map(|&i| &encoded[i]).collect();
-            for (&index, vector) in order[start..end].iter().zip(self.forward(&batch)?) {
-                vectors[index] = vector;
+        while start < encoded.len() {
+            let mut end = start + 1;
+            let mut tokens = encoded[start].ids.len();
+            while end < encoded.len() && tokens + encoded[end].ids.len() <= max_batch_tokens {
+                tokens += encoded[end].ids.len();
+                end += 1;
             }
+            vectors.extend(self.forward(&encoded[start..end])?);
             start = end;
         }
 
@@ -257,40 +247,47 @@ impl SentenceEmbedder {
             .collect())
     }
 
-    fn forward(&self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, EmbedderError> {
-        let rows = batch.len();
-        let width = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(rows * width);
-        let mut mask = Vec::with_capacity(rows * width);
-        for encoded in batch {
-            let pad = width - encoded.ids.len();
-            ids.extend_from_slice(&encoded.ids);
-            ids.extend(std::iter::repeat_n(self.pad_id, pad));
-            mask.extend(std::iter::repeat_n(1u32, encoded.ids.len()));
-            mask.extend(std::iter::repeat_n(0u32, pad));
-        }
-        let input_ids = Tensor::from_vec(ids, (rows, width), &self.device)?;
-        let attention_mask = Tensor::from_vec(mask, (rows, width), &self.device)?;
-        let token_type_ids = input_ids.zeros_like()?;
-        let hidden = self
-            .model
-            .forward(&input_ids, &token_type_ids, Some(&attention_mask))?;
-        let mask = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let pooled = match self.info.pooling {
-            Pooling::Mean => {
-                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-                summed.broadcast_div(&counts)?
-            }
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Max => {
-                // Padding gets a huge negative offset so it never wins the max.
-                let offset = ((mask - 1.0)? * 1e9)?;
-                hidden.broadcast_add(&offset)?.max(1)?
-            }
-        };
-        Ok(pooled.to_vec2::<f32>()?)
+    /// Encodes a chunk of texts and pools each text's token vectors.
+    fn forward(&self, chunk: &[Encoded]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        let ids: Vec<&[u32]> = chunk.iter().map(|e| e.ids.as_slice()).collect();
+        let hidden = self.model.forward(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+        let dim = self.info.dimension;
+        let mut tokens = hidden.chunks_exact(dim);
+        Ok(chunk
+            .iter()
+            .map(|encoded| {
+                let rows = tokens.by_ref().take(encoded.ids.len());
+                pool(rows, encoded.ids.len(), dim, self.info.pooling)
+            })
+            .collect())
     }
+}
+
+/// One text's vector from its token vectors, as sentence-transformers pools
+/// (f32 sums, as PyTorch does).
+fn pool<'a>(
+    rows: impl Iterator<Item = &'a [f32]>,
+    count: usize,
+    dim: usize,
+    pooling: Pooling,
+) -> Vec<f32> {
+    let mut out = match pooling {
+        Pooling::Max => vec![f32::NEG_INFINITY; dim],
+        Pooling::Mean | Pooling::Cls => vec![0f32; dim],
+    };
+    for (i, row) in rows.enumerate() {
+        match pooling {
+            Pooling::Mean => out.iter_mut().zip(row).for_each(|(o, v)| *o += v),
+            Pooling::Max => out.iter_mut().zip(row).for_each(|(o, v)| *o = o.max(*v)),
+            Pooling::Cls if i == 0 => out.copy_from_slice(row),
+            Pooling::Cls => break,
+        }
+    }
+    if pooling == Pooling::Mean {
+        let scale = 1.0 / count.max(1) as f32;
+        out.iter_mut().for_each(|v| *v *= scale);
+    }
+    out
 }
 
 /// Scales `values` to unit length (left as is when all zero).
