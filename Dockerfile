@@ -42,7 +42,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/lextral --create-home lextral
 COPY --from=build /usr/local/bin/lextral /usr/local/bin/lextral
+# Without LEXTRAL_DATABASE_URL the embedded store keeps clauses in
+# /var/lib/lextral/store: mount a volume there to keep them across containers.
 ENV LEXTRAL_HOME=/var/lib/lextral \
+    LEXTRAL_STORE_PATH=/var/lib/lextral/store \
     LEXTRAL_METRICS=0.0.0.0:9464 \
     LEXTRAL_EMBED_MODEL=/models/all-MiniLM-L6-v2 \
     LEXTRAL_LLM_MODEL=/models/gemma-3-270m/gemma-3-270m-q4_k_m.gguf

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a classified clause: builds Lextral, caches
-# the model, starts a local PostgreSQL + pgvector, serves everything, indexes
+# the model, serves everything with the embedded store (no database server;
+# $LEXTRAL_HOME/store, or PostgreSQL when LEXTRAL_DATABASE_URL is set), indexes
 # LEDGAR (../shared/data/ledgar, else fetched from the Hugging Face Hub) and
 # classifies an example. It also trains the default classifier once (cached
 # in ~/.cache/lextral/models/ledgar-classifier; LEXTRAL_FINETUNED_MODEL names
@@ -23,7 +24,6 @@ if [ "${1:-}" = stop ]; then
     echo "quickstart: lextral stopped"
   fi
   rm -f "$RUN_DIR/lextral.pid"
-  scripts/dev-db.sh stop
   exit 0
 fi
 
@@ -35,8 +35,13 @@ if [ "${LEXTRAL_LLM_BACKEND:-local}" = local ] && [ -z "${LEXTRAL_LLM_MODEL:-}" 
   LEXTRAL_LLM_MODEL="$(scripts/setup-llm.sh | tail -n 1)"
   export LEXTRAL_LLM_MODEL
 fi
-LEXTRAL_DATABASE_URL="${LEXTRAL_DATABASE_URL:-$(scripts/dev-db.sh start | tail -n 1)}"
-export LEXTRAL_EMBED_MODEL LEXTRAL_DATABASE_URL
+export LEXTRAL_EMBED_MODEL
+# The embedded store unless a database is named (auto picks PostgreSQL then).
+if [ -z "${LEXTRAL_DATABASE_URL:-}" ]; then
+  export LEXTRAL_STORE="${LEXTRAL_STORE:-embedded}"
+  export LEXTRAL_STORE_PATH="${LEXTRAL_STORE_PATH:-$HOME_DIR/store}"
+  echo "quickstart: embedded store in $LEXTRAL_STORE_PATH"
+fi
 
 DATA="${LEXTRAL_DATA:-}"
 if [ -z "$DATA" ]; then

@@ -111,6 +111,30 @@ pub async fn fresh_database() -> String {
     fresh_database_on(&admin_database_url()).await
 }
 
+/// A store target for [`start_stack`] naming a new, empty embedded store
+/// directory (`embedded:<dir>`) under the system temp folder.
+pub fn fresh_embedded_store() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir()
+        .join("lextral-test-stores")
+        .join(format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+    let _ = std::fs::remove_dir_all(&dir);
+    format!("embedded:{}", dir.display())
+}
+
+/// The retriever settings for a store target: a PostgreSQL URL, or
+/// `embedded:<dir>` from [`fresh_embedded_store`].
+pub fn retriever_config(store: &str) -> RetrieverConfig {
+    match store.strip_prefix("embedded:") {
+        Some(dir) => RetrieverConfig::embedded(dir),
+        None => RetrieverConfig::with_database_url(store),
+    }
+}
+
 /// A second, disposable PostgreSQL server this test may stop and start.
 pub struct DisposableServer {
     dir: tempfile::TempDir,
@@ -275,7 +299,7 @@ pub async fn start_stack_with(
     tasks.push(spawn_grpc(routes, listener, &token));
 
     let mut routes = GrpcRoutes::new();
-    let mut retriever_config = RetrieverConfig::with_database_url(database_url);
+    let mut retriever_config = retriever_config(database_url);
     retriever_config.health_interval_s = 1;
     retriever_config.connect_timeout_s = 2;
     lextral_retriever::add_to(&retriever_config, &mut routes)

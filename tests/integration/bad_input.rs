@@ -1,7 +1,9 @@
 //! Bad input gets a clear error (gRPC status with a message, HTTP 4xx with a
 //! JSON body) and never changes stored data.
 
-use lextral_integration_tests::{fresh_database, post_classify as post, start_stack, Stack};
+use lextral_integration_tests::{
+    fresh_database, fresh_embedded_store, post_classify as post, start_stack, Stack,
+};
 use lextral_proto::v1::embedder_service_client::EmbedderServiceClient;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
@@ -99,9 +101,17 @@ async fn rest_rejects_bad_requests_with_json_errors() {
 }
 
 #[tokio::test]
-async fn grpc_rejects_bad_requests_and_keeps_data_intact() {
-    let database = fresh_database().await;
-    let stack = start_stack(&database, |_| {}).await;
+async fn grpc_rejects_bad_requests_and_keeps_data_intact_pgvector() {
+    grpc_rejects_bad_requests_and_keeps_data_intact(&fresh_database().await).await;
+}
+
+#[tokio::test]
+async fn grpc_rejects_bad_requests_and_keeps_data_intact_embedded() {
+    grpc_rejects_bad_requests_and_keeps_data_intact(&fresh_embedded_store()).await;
+}
+
+async fn grpc_rejects_bad_requests_and_keeps_data_intact(store: &str) {
+    let stack = start_stack(store, |_| {}).await;
     let mut orchestrator = OrchestratorServiceClient::connect(Stack::url(stack.orchestrator))
         .await
         .unwrap();
@@ -235,8 +245,8 @@ async fn grpc_rejects_bad_requests_and_keeps_data_intact() {
         status.message()
     );
 
-    // PostgreSQL rejects NUL in text in the middle of the COPY: the batch's
-    // earlier rows must not survive.
+    // A bad record late in the batch (NUL, which PostgreSQL text cannot
+    // hold): the batch's earlier rows must not survive.
     let status = retriever
         .upsert(UpsertRequest {
             records: vec![good("second"), good("third"), good("bad\0text")],

@@ -1,10 +1,10 @@
-//! The retriever against PostgreSQL: search semantics, delete, and recovery
-//! when the database goes away mid-run.
+//! The retriever: search semantics and delete, on pgvector and on the
+//! embedded store alike; recovery when PostgreSQL goes away mid-run.
 
 use std::time::Duration;
 
 use lextral_integration_tests::{
-    fresh_database, fresh_database_on, start_stack, DisposableServer, Stack,
+    fresh_database, fresh_database_on, fresh_embedded_store, start_stack, DisposableServer, Stack,
 };
 use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
 use lextral_proto::v1::{
@@ -35,9 +35,18 @@ fn record(seed: usize, label: &str, split: &str) -> UpsertRecord {
 }
 
 #[tokio::test]
-async fn search_filters_thresholds_and_deletes() {
-    let database = fresh_database().await;
-    let stack = start_stack(&database, |_| {}).await;
+async fn pgvector_search_filters_thresholds_and_deletes() {
+    search_filters_thresholds_and_deletes(&fresh_database().await).await;
+}
+
+#[tokio::test]
+async fn embedded_search_filters_thresholds_and_deletes() {
+    search_filters_thresholds_and_deletes(&fresh_embedded_store()).await;
+}
+
+/// The retriever suite, run against each store.
+async fn search_filters_thresholds_and_deletes(store: &str) {
+    let stack = start_stack(store, |_| {}).await;
     let mut retriever = RetrieverServiceClient::connect(Stack::url(stack.retriever))
         .await
         .unwrap();

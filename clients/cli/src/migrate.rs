@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use lextral_retriever::{RetrieverConfig, Store};
+use lextral_retriever::{RetrieverConfig, Store, StoreKind};
 
 /// `lextral migrate`.
 #[derive(Args)]
@@ -18,7 +18,12 @@ pub struct MigrateArgs {
 }
 
 /// Runs `lextral migrate`.
-pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: MigrateArgs) -> anyhow::Result<()> {
+    // Only PostgreSQL has a schema; the embedded store needs no migration.
+    if args.config.store == StoreKind::Embedded {
+        anyhow::bail!("migrate is for the PostgreSQL store (--store postgres)");
+    }
+    args.config.store = StoreKind::Postgres;
     let store = Store::connect(&args.config)?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_s);
     loop {

@@ -242,7 +242,7 @@ fn unknown_strategy_and_missing_database_url_are_clear_errors() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown strategy"));
 
     let output = Command::new(BIN)
-        .args(["serve", "retriever"])
+        .args(["serve", "retriever", "--store", "postgres"])
         .env_remove("LEXTRAL_DATABASE_URL")
         .output()
         .unwrap();

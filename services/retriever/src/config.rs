@@ -1,6 +1,7 @@
 //! Retriever configuration: flags with `LEXTRAL_*` environment equivalents.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lextral_common::telemetry::redact_url;
@@ -15,9 +16,33 @@ const DEFAULT_EF_SEARCH: u32 = 100;
 const DEFAULT_HEALTH_INTERVAL_S: u64 = 2;
 const DEFAULT_TIMEOUT_S: u64 = 60;
 
+/// Which store holds the clauses.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// PostgreSQL when a database URL is given, else embedded.
+    Auto,
+    /// PostgreSQL with pgvector (clusters; needs `--database-url`).
+    Postgres,
+    /// A local directory, no server (`--store-path`).
+    Embedded,
+}
+
 /// Retriever settings.
 #[derive(clap::Args, Clone)]
 pub struct RetrieverConfig {
+    /// Where clauses are stored: `embedded` keeps them in a local directory
+    /// (no database server; the single-machine default), `postgres` in
+    /// PostgreSQL with pgvector; `auto` picks postgres when a database URL
+    /// is set.
+    #[arg(
+        id = "store",
+        long = "store",
+        env = "LEXTRAL_STORE",
+        value_enum,
+        default_value_t = StoreKind::Auto
+    )]
+    pub store: StoreKind,
+
     /// PostgreSQL connection URL (the database needs the pgvector extension
     /// available; `scripts/dev-db.sh start` prints one for a local server).
     #[arg(
@@ -25,7 +50,12 @@ pub struct RetrieverConfig {
         long = "database-url",
         env = "LEXTRAL_DATABASE_URL"
     )]
-    pub database_url: String,
+    pub database_url: Option<String>,
+
+    /// Directory of the embedded store [default: $XDG_DATA_HOME/lextral/store,
+    /// else ~/.local/share/lextral/store].
+    #[arg(id = "store-path", long = "store-path", env = "LEXTRAL_STORE_PATH")]
+    pub store_path: Option<PathBuf>,
 
     /// Embedding dimension stored; must match the embedder's model.
     #[arg(
@@ -104,7 +134,9 @@ impl RetrieverConfig {
     /// Defaults for `database_url`, for tests and tools.
     pub fn with_database_url(database_url: impl Into<String>) -> Self {
         Self {
-            database_url: database_url.into(),
+            store: StoreKind::Postgres,
+            database_url: Some(database_url.into()),
+            store_path: None,
             dimension: DEFAULT_DIMENSION,
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout_s: DEFAULT_CONNECT_TIMEOUT_S,
@@ -114,6 +146,40 @@ impl RetrieverConfig {
             health_interval_s: DEFAULT_HEALTH_INTERVAL_S,
             timeout_s: DEFAULT_TIMEOUT_S,
         }
+    }
+
+    /// Defaults for an embedded store in `dir`, for tests and tools.
+    pub fn embedded(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            store: StoreKind::Embedded,
+            database_url: None,
+            store_path: Some(dir.into()),
+            ..Self::with_database_url("")
+        }
+    }
+
+    /// The store to open: `auto` resolved, and postgres only with a URL.
+    pub fn store_kind(&self) -> Result<StoreKind, crate::StoreError> {
+        match (self.store, &self.database_url) {
+            (StoreKind::Postgres, None) => Err(crate::StoreError::InvalidArgument(
+                "--store postgres needs --database-url (or LEXTRAL_DATABASE_URL)".to_owned(),
+            )),
+            (StoreKind::Auto, Some(_)) => Ok(StoreKind::Postgres),
+            (StoreKind::Auto, None) => Ok(StoreKind::Embedded),
+            (kind, _) => Ok(kind),
+        }
+    }
+
+    /// The database URL (empty when none is configured).
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or_default()
+    }
+
+    /// The embedded store's directory.
+    pub fn store_path(&self) -> PathBuf {
+        self.store_path
+            .clone()
+            .unwrap_or_else(crate::store::default_store_path)
     }
 
     /// Connection wait bound.
@@ -126,7 +192,12 @@ impl RetrieverConfig {
 impl fmt::Debug for RetrieverConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetrieverConfig")
-            .field("database_url", &redact_url(&self.database_url))
+            .field("store", &self.store)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("store_path", &self.store_path)
             .field("dimension", &self.dimension)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_s", &self.connect_timeout_s)

@@ -2,9 +2,11 @@
 //! pgvector (HNSW, cosine), served over gRPC.
 
 pub mod config;
+pub mod embedded;
 pub mod error;
 pub mod grpc;
 pub mod migrations;
+pub mod pg;
 pub mod store;
 
 use std::future::Future;
@@ -17,6 +19,7 @@ use lextral_proto::v1::retriever_service_server::RetrieverServiceServer;
 use tokio::net::TcpListener;
 
 pub use config::RetrieverConfig;
+pub use config::StoreKind;
 pub use error::StoreError;
 pub use grpc::RetrieverGrpc;
 pub use store::Store;

@@ -1,0 +1,861 @@
+//! The embedded store: the single-machine default, with no database server.
+//!
+//! Clauses live in memory and are searched exactly (cosine over every stored
+//! vector that passes the filters: recall is 1 by construction, and a
+//! 60k-clause index answers in a few milliseconds). Durability comes from one
+//! append-only file, `clauses.log`: a header, then one frame per write
+//! (`[length u32][crc32 u32][payload]`, little-endian), fsynced before the
+//! write is applied in memory or acknowledged. A crash mid-write leaves a torn
+//! last frame, which the next start drops, so each upsert or delete is
+//! all-or-nothing. A bad checksum anywhere else is corruption and stops the
+//! start with a clear error instead of serving partial data. Replaced and
+//! deleted records are compacted away at start-up (new file, fsync, rename).
+//! An exclusive lock on the file keeps a second process out.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rayon::prelude::*;
+
+use crate::error::StoreError;
+use crate::store::{
+    content_hash, split_or_default, Hit, NewClause, SearchParams, Stats, UpsertOutcome,
+};
+
+const MAGIC: &[u8; 16] = b"lextral-store\n\0\x01";
+const HEADER_LEN: u64 = 16 + 4;
+const FRAME_PUT: u8 = 1;
+const FRAME_DELETE: u8 = 2;
+/// Rows scored per parallel task in a search.
+const ROWS_PER_TASK: usize = 4096;
+
+struct Clause {
+    id: i64,
+    split: String,
+    label: String,
+    text: String,
+    hash: [u8; 32],
+}
+
+/// In-memory state: parallel arrays, so the vectors stay one contiguous scan.
+#[derive(Default)]
+struct State {
+    clauses: Vec<Clause>,
+    vectors: Vec<f32>,
+    norms: Vec<f32>,
+    by_hash: HashMap<[u8; 32], usize>,
+    by_id: HashMap<i64, usize>,
+    next_id: i64,
+    /// Records in the log that a later frame replaced or deleted.
+    superseded: usize,
+}
+
+impl State {
+    fn put(&mut self, clause: Clause, vector: &[f32]) {
+        self.next_id = self.next_id.max(clause.id + 1);
+        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if let Some(&row) = self.by_id.get(&clause.id) {
+            let dim = vector.len();
+            self.vectors[row * dim..(row + 1) * dim].copy_from_slice(vector);
+            self.norms[row] = norm;
+            self.clauses[row] = clause;
+            self.superseded += 1;
+            return;
+        }
+        let row = self.clauses.len();
+        self.by_hash.insert(clause.hash, row);
+        self.by_id.insert(clause.id, row);
+        self.clauses.push(clause);
+        self.vectors.extend_from_slice(vector);
+        self.norms.push(norm);
+    }
+
+    fn delete(&mut self, id: i64, dim: usize) -> bool {
+        let Some(row) = self.by_id.remove(&id) else {
+            return false;
+        };
+        let last = self.clauses.len() - 1;
+        self.by_hash.remove(&self.clauses[row].hash);
+        self.clauses.swap_remove(row);
+        self.norms.swap_remove(row);
+        if row != last {
+            self.vectors
+                .copy_within(last * dim..(last + 1) * dim, row * dim);
+            let moved = &self.clauses[row];
+            self.by_id.insert(moved.id, row);
+            self.by_hash.insert(moved.hash, row);
+        }
+        self.vectors.truncate(last * dim);
+        // The put it removes and the delete record itself.
+        self.superseded += 2;
+        true
+    }
+}
+
+struct Inner {
+    dimension: usize,
+    path: PathBuf,
+    state: RwLock<State>,
+    /// The log, appended to under this lock (held with the state's write
+    /// lock, so log order is apply order).
+    log: Mutex<File>,
+}
+
+/// The embedded store (see the module docs).
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+fn storage(path: &Path, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(format!("embedded store {}: {what}", path.display()))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`, replaying and compacting its log.
+    pub fn open(dir: &Path, dimension: usize) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|err| storage(dir, err))?;
+        let path = dir.join("clauses.log");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|err| storage(&path, err))?;
+        file.try_lock().map_err(|err| {
+            storage(
+                &path,
+                format!(
+                    "is in use by another process ({err}); stop it or use another --store-path"
+                ),
+            )
+        })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|err| storage(&path, err))?;
+        let (state, good_len) = if bytes.is_empty() {
+            let mut header = MAGIC.to_vec();
+            header.extend_from_slice(&(dimension as u32).to_le_bytes());
+            file.write_all(&header)
+                .and_then(|()| file.sync_all())
+                .map_err(|err| storage(&path, err))?;
+            sync_dir(dir)?;
+            (State::default(), HEADER_LEN)
+        } else {
+            replay(&path, &bytes, dimension)?
+        };
+        if good_len < bytes.len() as u64 {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = bytes.len() as u64 - good_len,
+                "dropping a write torn by a crash"
+            );
+            file.set_len(good_len)
+                .and_then(|()| file.sync_all())
+                .map_err(|err| storage(&path, err))?;
+        }
+        drop(bytes);
+        let store = Self {
+            inner: Arc::new(Inner {
+                dimension,
+                path,
+                state: RwLock::new(state),
+                log: Mutex::new(file),
+            }),
+        };
+        store.compact_if_worth_it()?;
+        let state = store.read();
+        tracing::info!(
+            path = %store.inner.path.display(),
+            clauses = state.clauses.len(),
+            "embedded store open"
+        );
+        drop(state);
+        Ok(store)
+    }
+
+    /// The stored vector dimension.
+    pub fn dimension(&self) -> usize {
+        self.inner.dimension
+    }
+
+    /// Where the log is.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in
+        // a way searches care about (writes apply after the log is synced),
+        // so a poisoned lock is still usable.
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends one frame and fsyncs it.
+    fn append(&self, payload: &[u8]) -> Result<(), StoreError> {
+        let mut frame = Vec::with_capacity(payload.len() + 8);
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        frame.extend_from_slice(payload);
+        let mut log = self
+            .inner
+            .log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let start = log
+            .seek(SeekFrom::End(0))
+            .map_err(|err| storage(&self.inner.path, err))?;
+        if let Err(err) = log.write_all(&frame).and_then(|()| log.sync_data()) {
+            // Leave no half frame behind for the next write to follow.
+            let _ = log.set_len(start);
+            return Err(storage(&self.inner.path, err));
+        }
+        Ok(())
+    }
+
+    /// Stores `records` atomically (one log frame).
+    pub async fn upsert(&self, records: Vec<NewClause>) -> Result<UpsertOutcome, StoreError> {
+        let store = self.clone();
+        run_blocking(move || store.upsert_blocking(records)).await
+    }
+
+    fn upsert_blocking(&self, records: Vec<NewClause>) -> Result<UpsertOutcome, StoreError> {
+        let dim = self.inner.dimension;
+        let mut state = self.write();
+        let mut outcome = UpsertOutcome::default();
+        // Records of this batch by hash: duplicates collapse to the first.
+        let mut seen: HashMap<[u8; 32], i64> = HashMap::new();
+        let mut puts: Vec<(Clause, Vec<f32>)> = Vec::new();
+        let mut next_id = state.next_id.max(1);
+        for record in records {
+            let split = split_or_default(&record.split).to_owned();
+            let hash: [u8; 32] = content_hash(&split, &record.text)
+                .try_into()
+                .expect("sha256 is 32 bytes");
+            if let Some(&id) = seen.get(&hash) {
+                outcome.ids.push(id);
+                continue;
+            }
+            let id = match state.by_hash.get(&hash) {
+                Some(&row) if state.clauses[row].label == record.label => {
+                    outcome.unchanged += 1;
+                    state.clauses[row].id
+                }
+                Some(&row) => {
+                    outcome.updated += 1;
+                    let id = state.clauses[row].id;
+                    puts.push((
+                        clause(id, split, record.label, record.text, hash),
+                        record.embedding,
+                    ));
+                    id
+                }
+                None => {
+                    outcome.inserted += 1;
+                    let id = next_id;
+                    next_id += 1;
+                    puts.push((
+                        clause(id, split, record.label, record.text, hash),
+                        record.embedding,
+                    ));
+                    id
+                }
+            };
+            seen.insert(hash, id);
+            outcome.ids.push(id);
+        }
+        if !puts.is_empty() {
+            self.append(&encode_puts(&puts, dim))?;
+            for (clause, vector) in puts {
+                state.put(clause, &vector);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Finds the nearest clauses for each query, most similar first.
+    pub async fn search(
+        &self,
+        queries: Vec<Vec<f32>>,
+        params: &SearchParams,
+    ) -> Result<Vec<Vec<Hit>>, StoreError> {
+        let store = self.clone();
+        let params = params.clone();
+        run_blocking(move || Ok(store.search_blocking(&queries, &params))).await
+    }
+
+    fn search_blocking(&self, queries: &[Vec<f32>], params: &SearchParams) -> Vec<Vec<Hit>> {
+        let state = self.read();
+        let dim = self.inner.dimension;
+        let k = params.k as usize;
+        let wanted = |clause: &Clause| {
+            (params.splits.is_empty() || params.splits.contains(&clause.split))
+                && (params.labels.is_empty() || params.labels.contains(&clause.label))
+        };
+        queries
+            .iter()
+            .map(|query| {
+                let query_norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
+                let best = state
+                    .vectors
+                    .par_chunks(ROWS_PER_TASK * dim.max(1))
+                    .enumerate()
+                    .map(|(task, vectors)| {
+                        let first = task * ROWS_PER_TASK;
+                        let mut top = TopK::new(k);
+                        for (offset, vector) in vectors.chunks_exact(dim).enumerate() {
+                            let row = first + offset;
+                            if !wanted(&state.clauses[row]) {
+                                continue;
+                            }
+                            let denominator = query_norm * state.norms[row];
+                            let similarity = if denominator > 0.0 {
+                                dot(query, vector) / denominator
+                            } else {
+                                0.0
+                            };
+                            top.offer(similarity, state.clauses[row].id, row);
+                        }
+                        top
+                    })
+                    .reduce(|| TopK::new(k), TopK::merge);
+                best.into_sorted()
+                    .into_iter()
+                    .filter(|&(similarity, _)| {
+                        params.min_similarity.is_none_or(|min| similarity >= min)
+                    })
+                    .map(|(similarity, row)| {
+                        let clause = &state.clauses[row];
+                        Hit {
+                            id: clause.id,
+                            split: clause.split.clone(),
+                            label: clause.label.clone(),
+                            text: clause.text.clone(),
+                            similarity,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Deletes by id and/or split.
+    pub async fn delete(&self, ids: Vec<i64>, splits: Vec<String>) -> Result<u64, StoreError> {
+        let store = self.clone();
+        run_blocking(move || {
+            let dim = store.inner.dimension;
+            let mut state = store.write();
+            let doomed: Vec<i64> = state
+                .clauses
+                .iter()
+                .filter(|c| ids.contains(&c.id) || splits.contains(&c.split))
+                .map(|c| c.id)
+                .collect();
+            if doomed.is_empty() {
+                return Ok(0);
+            }
+            let mut payload = vec![FRAME_DELETE];
+            payload.extend_from_slice(&(doomed.len() as u32).to_le_bytes());
+            for id in &doomed {
+                payload.extend_from_slice(&id.to_le_bytes());
+            }
+            store.append(&payload)?;
+            for id in &doomed {
+                state.delete(*id, dim);
+            }
+            Ok(doomed.len() as u64)
+        })
+        .await
+    }
+
+    /// Counts per label and split.
+    pub fn stats(&self) -> Stats {
+        let state = self.read();
+        let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
+        for clause in &state.clauses {
+            *counts.entry((&clause.label, &clause.split)).or_default() += 1;
+        }
+        let mut counts: Vec<(String, String, u64)> = counts
+            .into_iter()
+            .map(|((label, split), n)| (label.to_owned(), split.to_owned(), n))
+            .collect();
+        counts.sort();
+        Stats {
+            total: state.clauses.len() as u64,
+            counts,
+        }
+    }
+
+    /// Rewrites the log with live records only when most of it is dead
+    /// weight: written to a new file, synced, then renamed over the old one.
+    fn compact_if_worth_it(&self) -> Result<(), StoreError> {
+        let mut state = self.write();
+        if state.superseded < 1000 || state.superseded < state.clauses.len() {
+            return Ok(());
+        }
+        let dim = self.inner.dimension;
+        let path = &self.inner.path;
+        let fresh = path.with_extension("log.compacting");
+        let result = (|| -> std::io::Result<File> {
+            let mut file = File::create(&fresh)?;
+            file.write_all(MAGIC)?;
+            file.write_all(&(dim as u32).to_le_bytes())?;
+            for rows in (0..state.clauses.len()).collect::<Vec<_>>().chunks(10_000) {
+                let puts: Vec<(Clause, Vec<f32>)> = rows
+                    .iter()
+                    .map(|&row| {
+                        let c = &state.clauses[row];
+                        (
+                            clause(
+                                c.id,
+                                c.split.clone(),
+                                c.label.clone(),
+                                c.text.clone(),
+                                c.hash,
+                            ),
+                            state.vectors[row * dim..(row + 1) * dim].to_vec(),
+                        )
+                    })
+                    .collect();
+                let payload = encode_puts(&puts, dim);
+                file.write_all(&(payload.len() as u32).to_le_bytes())?;
+                file.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
+                file.write_all(&payload)?;
+            }
+            file.sync_all()?;
+            // The lock moves to the new file before it replaces the old one.
+            file.try_lock().map_err(std::io::Error::other)?;
+            std::fs::rename(&fresh, path)?;
+            Ok(file)
+        })();
+        let file = match result {
+            Ok(file) => file,
+            Err(err) => {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(storage(path, format!("compaction failed: {err}")));
+            }
+        };
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        tracing::info!(dropped = state.superseded, "embedded store compacted");
+        state.superseded = 0;
+        *self
+            .inner
+            .log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = file;
+        Ok(())
+    }
+}
+
+fn clause(id: i64, split: String, label: String, text: String, hash: [u8; 32]) -> Clause {
+    Clause {
+        id,
+        split,
+        label,
+        text,
+        hash,
+    }
+}
+
+/// Runs store work off the async runtime (searches scan memory; writes fsync).
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| StoreError::Database(format!("store task failed: {err}")))?
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    // A new or renamed file is durable once its directory entry is.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|err| storage(dir, err))
+}
+
+/// Dot product in eight independent lanes, which the compiler vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The k best (similarity, row) pairs; ties go to the lower id, so results
+/// do not depend on how rows were split across tasks.
+struct TopK {
+    k: usize,
+    // Min-heap on (similarity, -id): the root is the worst kept.
+    heap: BinaryHeap<std::cmp::Reverse<Ranked>>,
+}
+
+#[derive(PartialEq)]
+struct Ranked {
+    similarity: f32,
+    id: i64,
+    row: usize,
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.similarity
+            .total_cmp(&other.similarity)
+            .then_with(|| other.id.cmp(&self.id))
+    }
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    fn offer(&mut self, similarity: f32, id: i64, row: usize) {
+        let candidate = Ranked {
+            similarity,
+            id,
+            row,
+        };
+        if self.heap.len() < self.k {
+            self.heap.push(std::cmp::Reverse(candidate));
+        } else if self.heap.peek().is_some_and(|worst| candidate > worst.0) {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(candidate));
+        }
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        for std::cmp::Reverse(r) in other.heap {
+            self.offer(r.similarity, r.id, r.row);
+        }
+        self
+    }
+
+    fn into_sorted(self) -> Vec<(f32, usize)> {
+        let mut all: Vec<Ranked> = self.heap.into_iter().map(|r| r.0).collect();
+        all.sort_by(|a, b| b.cmp(a));
+        all.into_iter().map(|r| (r.similarity, r.row)).collect()
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn encode_puts(puts: &[(Clause, Vec<f32>)], dim: usize) -> Vec<u8> {
+    let mut out = vec![FRAME_PUT];
+    out.extend_from_slice(&(puts.len() as u32).to_le_bytes());
+    for (clause, vector) in puts {
+        debug_assert_eq!(vector.len(), dim);
+        out.extend_from_slice(&clause.id.to_le_bytes());
+        put_str(&mut out, &clause.split);
+        put_str(&mut out, &clause.label);
+        put_str(&mut out, &clause.text);
+        out.extend_from_slice(&clause.hash);
+        for v in vector {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// A cursor over a frame's payload; every read is bounds-checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = self.u32()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+/// Rebuilds the state from the log. Returns it and the length of the valid
+/// prefix (shorter than the file when the last frame was torn).
+fn replay(path: &Path, bytes: &[u8], dimension: usize) -> Result<(State, u64), StoreError> {
+    if bytes.len() < HEADER_LEN as usize || &bytes[..16] != MAGIC {
+        return Err(storage(path, "is not a Lextral store log (bad header)"));
+    }
+    let stored = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")) as usize;
+    if stored != dimension {
+        return Err(StoreError::DimensionMismatchInIndex {
+            stored,
+            configured: dimension,
+        });
+    }
+    let mut state = State::default();
+    let mut offset = HEADER_LEN as usize;
+    let mut vector = vec![0f32; dimension];
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        if rest.len() < 8 {
+            break; // torn frame header
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if rest.len() < 8 + len {
+            break; // torn frame body
+        }
+        let payload = &rest[8..8 + len];
+        let last = offset + 8 + len == bytes.len();
+        if crc32fast::hash(payload) != crc {
+            if last {
+                break; // torn while being written
+            }
+            return Err(storage(
+                path,
+                format!(
+                    "is corrupt at byte {offset} (checksum mismatch before the end of the \
+                     log); restore it from a backup or remove it and re-index"
+                ),
+            ));
+        }
+        let malformed = || storage(path, format!("has a malformed record at byte {offset}"));
+        let mut reader = Reader { bytes: payload };
+        let kind = reader.take(1).ok_or_else(malformed)?[0];
+        let count = reader.u32().ok_or_else(malformed)?;
+        for _ in 0..count {
+            match kind {
+                FRAME_PUT => {
+                    let id = reader.i64().ok_or_else(malformed)?;
+                    let split = reader.string().ok_or_else(malformed)?;
+                    let label = reader.string().ok_or_else(malformed)?;
+                    let text = reader.string().ok_or_else(malformed)?;
+                    let hash: [u8; 32] = reader
+                        .take(32)
+                        .and_then(|h| h.try_into().ok())
+                        .ok_or_else(malformed)?;
+                    let raw = reader.take(dimension * 4).ok_or_else(malformed)?;
+                    for (v, b) in vector.iter_mut().zip(raw.chunks_exact(4)) {
+                        *v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                    }
+                    state.put(clause(id, split, label, text, hash), &vector);
+                }
+                FRAME_DELETE => {
+                    let id = reader.i64().ok_or_else(malformed)?;
+                    state.delete(id, dimension);
+                }
+                _ => return Err(malformed()),
+            }
+        }
+        offset += 8 + len;
+    }
+    Ok((state, offset as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pseudo-random unit vector per seed (distinct for distinct seeds).
+    fn unit(seed: usize, dim: usize) -> Vec<f32> {
+        let mut state = seed as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
+        let v: Vec<f32> = (0..dim)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / norm).collect()
+    }
+
+    fn record(seed: usize, label: &str) -> NewClause {
+        NewClause {
+            text: format!("clause {seed}"),
+            label: label.into(),
+            split: "train".into(),
+            embedding: unit(seed, 8),
+        }
+    }
+
+    fn params(k: u32) -> SearchParams {
+        SearchParams {
+            k,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_restart_and_drops_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        let first = store
+            .upsert((0..5).map(|i| record(i, "A")).collect())
+            .await
+            .unwrap();
+        assert_eq!(first.inserted, 5);
+        assert_eq!(store.delete(vec![first.ids[1]], vec![]).await.unwrap(), 1);
+        let relabel = store.upsert(vec![record(0, "B")]).await.unwrap();
+        assert_eq!((relabel.updated, relabel.ids[0]), (1, first.ids[0]));
+        drop(store);
+
+        // A crash in the middle of the next write: half a frame at the end.
+        let log = dir.path().join("clauses.log");
+        let intact = std::fs::metadata(&log).unwrap().len();
+        let mut file = OpenOptions::new().append(true).open(&log).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, FRAME_PUT, 9])
+            .unwrap();
+        drop(file);
+
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), intact);
+        let stats = store.stats();
+        assert_eq!(stats.total, 4);
+        assert_eq!(
+            stats.counts,
+            vec![
+                ("A".into(), "train".into(), 3),
+                ("B".into(), "train".into(), 1)
+            ]
+        );
+        let hits = store.search(vec![unit(0, 8)], &params(2)).await.unwrap();
+        assert_eq!(
+            (hits[0][0].id, hits[0][0].label.as_str()),
+            (first.ids[0], "B")
+        );
+        // New ids continue after the highest ever given.
+        let more = store.upsert(vec![record(9, "A")]).await.unwrap();
+        assert_eq!(more.ids[0], first.ids[4] + 1);
+    }
+
+    #[tokio::test]
+    async fn corruption_before_the_end_is_an_error_not_data_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        store.upsert(vec![record(1, "A")]).await.unwrap();
+        store.upsert(vec![record(2, "A")]).await.unwrap();
+        drop(store);
+        let log = dir.path().join("clauses.log");
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes[HEADER_LEN as usize + 20] ^= 0xff; // inside the first frame
+        std::fs::write(&log, &bytes).unwrap();
+        let err = EmbeddedStore::open(dir.path(), 8).err().unwrap();
+        assert!(err.to_string().contains("corrupt at byte 20"), "{err}");
+        // The file is left as it was for the user to inspect.
+        assert_eq!(std::fs::read(&log).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn wrong_dimension_foreign_file_and_second_process_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        let err = EmbeddedStore::open(dir.path(), 8).err().unwrap();
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(store);
+        let err = EmbeddedStore::open(dir.path(), 16).err().unwrap();
+        assert!(matches!(
+            err,
+            StoreError::DimensionMismatchInIndex {
+                stored: 8,
+                configured: 16
+            }
+        ));
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("clauses.log"), b"hello, not a store").unwrap();
+        let err = EmbeddedStore::open(other.path(), 8).err().unwrap();
+        assert!(err.to_string().contains("bad header"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_every_live_clause() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        store
+            .upsert((0..600).map(|i| record(i, "A")).collect())
+            .await
+            .unwrap();
+        // 600 relabels + 300 deletes: 1,200 superseded records > 300 live.
+        store
+            .upsert((0..600).map(|i| record(i, "B")).collect())
+            .await
+            .unwrap();
+        let ids: Vec<i64> = (1..=300).collect();
+        assert_eq!(store.delete(ids, vec![]).await.unwrap(), 300);
+        let before = std::fs::metadata(store.path()).unwrap().len();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        let after = std::fs::metadata(store.path()).unwrap().len();
+        assert!(after < before / 3, "{before} -> {after} bytes");
+        assert_eq!(
+            store.stats().counts,
+            vec![("B".into(), "train".into(), 300)]
+        );
+        let hits = store.search(vec![unit(450, 8)], &params(1)).await.unwrap();
+        assert_eq!(hits[0][0].text, "clause 450");
+        drop(store);
+        // The compacted file opens again.
+        assert_eq!(
+            EmbeddedStore::open(dir.path(), 8).unwrap().stats().total,
+            300
+        );
+    }
+
+    #[test]
+    fn top_k_breaks_ties_by_id_whatever_the_split() {
+        let mut a = TopK::new(2);
+        a.offer(0.5, 7, 0);
+        a.offer(0.9, 3, 1);
+        let mut b = TopK::new(2);
+        b.offer(0.5, 2, 2);
+        b.offer(0.1, 1, 3);
+        assert_eq!(a.merge(b).into_sorted(), vec![(0.9, 1), (0.5, 2)]);
+        assert!((dot(&[1.0; 19], &[2.0; 19]) - 38.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,277 @@
+//! The pgvector store: pooled connections, atomic batch upserts through binary
+//! COPY, and filtered HNSW searches.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures::{pin_mut, TryFutureExt};
+use pgvector::Vector;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::NoTls;
+
+use crate::config::RetrieverConfig;
+use crate::error::StoreError;
+use crate::migrations;
+use crate::store::{
+    content_hash, split_or_default, Hit, NewClause, SearchParams, Stats, UpsertOutcome,
+};
+
+/// The pgvector store.
+pub struct PgStore {
+    pool: Pool,
+    config: RetrieverConfig,
+    ready: AtomicBool,
+}
+
+impl PgStore {
+    /// Builds the pool; no connection is made until first use.
+    pub fn connect(config: &RetrieverConfig) -> Result<Self, StoreError> {
+        let mut pg_config = tokio_postgres::Config::from_str(config.database_url())
+            .map_err(|err| StoreError::InvalidArgument(format!("bad database URL: {err}")))?;
+        pg_config.connect_timeout(config.connect_timeout());
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("lextral-retriever");
+        }
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout()))
+            .create_timeout(Some(config.connect_timeout()))
+            .recycle_timeout(Some(config.connect_timeout()))
+            .build()
+            .map_err(|err| StoreError::Database(err.to_string()))?;
+        Ok(Self {
+            pool,
+            config: config.clone(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// The configured vector dimension.
+    pub fn dimension(&self) -> usize {
+        self.config.dimension
+    }
+
+    /// Migrates once, then checks the database answers. Called at start and
+    /// by the health loop.
+    pub async fn ensure_ready(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        if !self.ready.load(Ordering::Acquire) {
+            migrations::migrate(&mut client, &self.config).await?;
+            let stored = migrations::stored_dimension(&client).await?;
+            if stored != self.config.dimension {
+                return Err(StoreError::DimensionMismatchInIndex {
+                    stored,
+                    configured: self.config.dimension,
+                });
+            }
+            self.ready.store(true, Ordering::Release);
+        } else {
+            client.simple_query("SELECT 1").await?;
+        }
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if !self.ready.load(Ordering::Acquire) {
+            // Start-up could not migrate; try now so the first call after the
+            // database appears succeeds.
+            self.ensure_ready().await?;
+        }
+        Ok(self.pool.get().await?)
+    }
+
+    /// Stores validated `records` atomically: one transaction.
+    pub async fn upsert(&self, records: Vec<NewClause>) -> Result<UpsertOutcome, StoreError> {
+        let hashes: Vec<Vec<u8>> = records
+            .iter()
+            .map(|r| content_hash(split_or_default(&r.split), &r.text))
+            .collect();
+
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE lextral_staging (
+                 split text NOT NULL, label text NOT NULL, text text NOT NULL,
+                 content_hash bytea NOT NULL, embedding vector({}) NOT NULL
+             ) ON COMMIT DROP",
+            self.config.dimension
+        ))
+        .await?;
+        let vector_type = tx.prepare_cached("SELECT $1::vector").await?.params()[0].clone();
+        let sink = tx
+            .copy_in(
+                "COPY lextral_staging (split, label, text, content_hash, embedding) \
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[Type::TEXT, Type::TEXT, Type::TEXT, Type::BYTEA, vector_type],
+        );
+        pin_mut!(writer);
+        for (record, hash) in records.into_iter().zip(&hashes) {
+            let split = split_or_default(&record.split);
+            let vector = Vector::from(record.embedding);
+            let row: [&(dyn ToSql + Sync); 5] =
+                [&split, &record.label, &record.text, hash, &vector];
+            writer.as_mut().write(&row).await?;
+        }
+        writer.finish().await?;
+
+        // Duplicates inside one batch collapse to one row (ON CONFLICT cannot
+        // touch a row twice); an existing clause changes only if its label does.
+        let rows = tx
+            .query(
+                "INSERT INTO lextral_clauses (split, label, text, content_hash, embedding)
+                 SELECT DISTINCT ON (content_hash) split, label, text, content_hash, embedding
+                 FROM lextral_staging ORDER BY content_hash
+                 ON CONFLICT (content_hash) DO UPDATE
+                     SET label = EXCLUDED.label, embedding = EXCLUDED.embedding
+                     WHERE lextral_clauses.label IS DISTINCT FROM EXCLUDED.label
+                 RETURNING (xmax = 0) AS inserted",
+                &[],
+            )
+            .await?;
+        let inserted = rows.iter().filter(|row| row.get::<_, bool>(0)).count() as u32;
+        let updated = rows.len() as u32 - inserted;
+        let ids_by_hash: HashMap<Vec<u8>, i64> = tx
+            .query(
+                "SELECT content_hash, id FROM lextral_clauses WHERE content_hash = ANY($1)",
+                &[&hashes],
+            )
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        tx.commit().await?;
+
+        let distinct = ids_by_hash.len() as u32;
+        let ids = hashes
+            .iter()
+            .map(|hash| {
+                ids_by_hash
+                    .get(hash)
+                    .copied()
+                    .ok_or_else(|| StoreError::Database("upserted row not found".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(UpsertOutcome {
+            inserted,
+            updated,
+            unchanged: distinct.saturating_sub(inserted + updated),
+            ids,
+        })
+    }
+
+    /// Finds the nearest clauses for each validated query, most similar first.
+    pub async fn search(
+        &self,
+        queries: Vec<Vec<f32>>,
+        params: &SearchParams,
+    ) -> Result<Vec<Vec<Hit>>, StoreError> {
+        let ef_search = params
+            .ef_search
+            .unwrap_or(self.config.ef_search)
+            .clamp(params.k, 1000);
+
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut settings = format!("SET LOCAL hnsw.ef_search = {ef_search};");
+        if !params.splits.is_empty() || !params.labels.is_empty() {
+            // Filters drop candidates after the index scan; iterative scans
+            // keep going until k rows pass (pgvector >= 0.8).
+            settings.push_str("SET LOCAL hnsw.iterative_scan = strict_order;");
+        }
+        tx.batch_execute(&settings).await?;
+        // Cached per pooled connection: saves a round trip on every search.
+        let statement = tx
+            .prepare_cached(
+                "SELECT id, split, label, text, (1 - (embedding <=> $1))::real AS similarity
+                 FROM lextral_clauses
+                 WHERE (cardinality($2::text[]) = 0 OR split = ANY($2))
+                   AND (cardinality($3::text[]) = 0 OR label = ANY($3))
+                 ORDER BY embedding <=> $1
+                 LIMIT $4",
+            )
+            .await?;
+        let limit = i64::from(params.k);
+        let vectors: Vec<Vector> = queries.into_iter().map(Vector::from).collect();
+        // Queries on one connection are pipelined by tokio-postgres.
+        let arguments: Vec<[&(dyn ToSql + Sync); 4]> = vectors
+            .iter()
+            .map(|vector| -> [&(dyn ToSql + Sync); 4] {
+                [vector, &params.splits, &params.labels, &limit]
+            })
+            .collect();
+        let results = futures::future::try_join_all(
+            arguments
+                .iter()
+                .map(|args| tx.query(&statement, args).map_err(StoreError::from)),
+        )
+        .await?;
+        tx.commit().await?;
+
+        Ok(results
+            .into_iter()
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| Hit {
+                        id: row.get(0),
+                        split: row.get(1),
+                        label: row.get(2),
+                        text: row.get(3),
+                        similarity: row.get(4),
+                    })
+                    .filter(|hit| {
+                        params
+                            .min_similarity
+                            .is_none_or(|min| hit.similarity >= min)
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Deletes by id and/or split.
+    pub async fn delete(&self, ids: &[i64], splits: &[String]) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM lextral_clauses WHERE id = ANY($1) OR split = ANY($2)",
+                &[&ids, &splits],
+            )
+            .await?;
+        Ok(deleted)
+    }
+
+    /// Counts per label and split.
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT label, split, count(*) FROM lextral_clauses
+                 GROUP BY label, split ORDER BY label, split",
+                &[],
+            )
+            .await?;
+        let counts: Vec<(String, String, u64)> = rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get::<_, i64>(2) as u64))
+            .collect();
+        Ok(Stats {
+            total: counts.iter().map(|(_, _, n)| n).sum(),
+            counts,
+        })
+    }
+}
