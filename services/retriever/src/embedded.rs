@@ -703,7 +703,7 @@ mod tests {
 
     /// A pseudo-random unit vector per seed (distinct for distinct seeds).
     fn unit(seed: usize, dim: usize) -> Vec<f32> {
-        let mut state = seed as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
+        let mut state = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) + 1;
         let v: Vec<f32> = (0..dim)
             .map(|_| {
                 state = state
