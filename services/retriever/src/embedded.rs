@@ -111,7 +111,7 @@ pub struct EmbeddedStore {
 }
 
 fn storage(path: &Path, what: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("embedded store {}: {what}", path.display()))
+    StoreError::Storage(format!("{}: {what}", path.display()))
 }
 
 impl EmbeddedStore {
@@ -478,7 +478,7 @@ async fn run_blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|err| StoreError::Database(format!("store task failed: {err}")))?
+        .map_err(|err| StoreError::Storage(format!("task failed: {err}")))?
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

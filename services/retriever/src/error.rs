@@ -33,6 +33,9 @@ pub enum StoreError {
     /// Any other database failure.
     #[error("database error: {0}")]
     Database(String),
+    /// The embedded store's files could not be read or written.
+    #[error("embedded store {0}")]
+    Storage(String),
 }
 
 impl ServiceError for StoreError {
@@ -43,7 +46,9 @@ impl ServiceError for StoreError {
             }
             Self::DimensionMismatchInIndex { .. } => ServiceErrorCode::FailedPrecondition,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
-            Self::Migration { .. } | Self::Database(_) => ServiceErrorCode::Internal,
+            Self::Migration { .. } | Self::Database(_) | Self::Storage(_) => {
+                ServiceErrorCode::Internal
+            }
         }
     }
 }
