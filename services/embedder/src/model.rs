@@ -251,16 +251,28 @@ impl SentenceEmbedder {
     fn forward(&self, chunk: &[Encoded]) -> Result<Vec<Vec<f32>>, EmbedderError> {
         let ids: Vec<&[u32]> = chunk.iter().map(|e| e.ids.as_slice()).collect();
         let hidden = self.model.forward(&ids)?.flatten_all()?.to_vec1::<f32>()?;
-        let dim = self.info.dimension;
-        let mut tokens = hidden.chunks_exact(dim);
-        Ok(chunk
-            .iter()
-            .map(|encoded| {
-                let rows = tokens.by_ref().take(encoded.ids.len());
-                pool(rows, encoded.ids.len(), dim, self.info.pooling)
-            })
-            .collect())
+        let lens: Vec<usize> = chunk.iter().map(|e| e.ids.len()).collect();
+        Ok(pool_texts(
+            &hidden,
+            &lens,
+            self.info.dimension,
+            self.info.pooling,
+        ))
     }
+}
+
+/// Pools packed token vectors (`lens[i]` rows for text i, in order) into one
+/// vector per text. Each text gets its own slice, so a pooling that stops
+/// early (CLS) cannot shift the next text's rows.
+fn pool_texts(hidden: &[f32], lens: &[usize], dim: usize, pooling: Pooling) -> Vec<Vec<f32>> {
+    let mut start = 0;
+    lens.iter()
+        .map(|&len| {
+            let rows = &hidden[start * dim..(start + len) * dim];
+            start += len;
+            pool(rows.chunks_exact(dim), len, dim, pooling)
+        })
+        .collect()
 }
 
 /// One text's vector from its token vectors, as sentence-transformers pools
@@ -366,6 +378,25 @@ async fn download_from_hub(model_id: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooling_keeps_each_texts_rows() {
+        // Two texts of 2 and 3 rows, dimension 2.
+        let hidden = [1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0];
+        let lens = [2, 3];
+        assert_eq!(
+            pool_texts(&hidden, &lens, 2, Pooling::Cls),
+            vec![vec![1.0, 2.0], vec![10.0, 20.0]]
+        );
+        assert_eq!(
+            pool_texts(&hidden, &lens, 2, Pooling::Mean),
+            vec![vec![2.0, 3.0], vec![30.0, 40.0]]
+        );
+        assert_eq!(
+            pool_texts(&hidden, &lens, 2, Pooling::Max),
+            vec![vec![3.0, 4.0], vec![50.0, 60.0]]
+        );
+    }
 
     #[test]
     fn normalises_to_unit_length() {
