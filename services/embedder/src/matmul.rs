@@ -207,7 +207,8 @@ impl CustomOp1 for PackedAttention<'_> {
         let qkv = contiguous(storage, layout, self.name())?;
         let head_outputs: Vec<Vec<f32>> = (0..self.spans.len() * heads)
             .into_par_iter()
-            .map(|task| {
+            // One scores buffer per worker, reused across its tasks.
+            .map_init(Vec::new, |scores: &mut Vec<f32>, task| {
                 let (start, len) = self.spans[task / heads];
                 let head = task % heads;
                 let rows = &qkv[start * width..(start + len) * width];
@@ -218,11 +219,12 @@ impl CustomOp1 for PackedAttention<'_> {
                     row_stride: if transposed { 1 } else { width },
                     col_stride: if transposed { width } else { 1 },
                 };
-                let mut scores = vec![0f32; len * len];
-                matmul_into(&mut scores, len, part(0, false), part(hidden, true), false);
-                softmax_rows(&mut scores, len);
+                scores.clear();
+                scores.resize(len * len, 0.0);
+                matmul_into(scores, len, part(0, false), part(hidden, true), false);
+                softmax_rows(scores, len);
                 let weights = View {
-                    data: &scores,
+                    data: scores,
                     rows: len,
                     cols: len,
                     row_stride: len,

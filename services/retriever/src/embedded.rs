@@ -12,7 +12,7 @@
 //! deleted records are compacted away at start-up (new file, fsync, rename).
 //! An exclusive lock on the file keeps a second process out.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -233,7 +233,6 @@ impl EmbeddedStore {
     }
 
     fn upsert_blocking(&self, records: Vec<NewClause>) -> Result<UpsertOutcome, StoreError> {
-        let dim = self.inner.dimension;
         let mut state = self.write();
         let mut outcome = UpsertOutcome::default();
         // Records of this batch by hash: duplicates collapse to the first.
@@ -278,7 +277,7 @@ impl EmbeddedStore {
             outcome.ids.push(id);
         }
         if !puts.is_empty() {
-            self.append(&encode_puts(&puts, dim))?;
+            self.append(&encode_puts(puts.iter().map(|(c, v)| (c, v.as_slice()))))?;
             for (clause, vector) in puts {
                 state.put(clause, &vector);
             }
@@ -357,6 +356,8 @@ impl EmbeddedStore {
         let store = self.clone();
         run_blocking(move || {
             let dim = store.inner.dimension;
+            let ids: HashSet<i64> = ids.into_iter().collect();
+            let splits: HashSet<String> = splits.into_iter().collect();
             let mut state = store.write();
             let doomed: Vec<i64> = state
                 .clauses
@@ -413,24 +414,12 @@ impl EmbeddedStore {
             let mut file = File::create(&fresh)?;
             file.write_all(MAGIC)?;
             file.write_all(&(dim as u32).to_le_bytes())?;
-            for rows in (0..state.clauses.len()).collect::<Vec<_>>().chunks(10_000) {
-                let puts: Vec<(Clause, Vec<f32>)> = rows
-                    .iter()
-                    .map(|&row| {
-                        let c = &state.clauses[row];
-                        (
-                            clause(
-                                c.id,
-                                c.split.clone(),
-                                c.label.clone(),
-                                c.text.clone(),
-                                c.hash,
-                            ),
-                            state.vectors[row * dim..(row + 1) * dim].to_vec(),
-                        )
-                    })
-                    .collect();
-                let payload = encode_puts(&puts, dim);
+            let blocks = state
+                .clauses
+                .chunks(10_000)
+                .zip(state.vectors.chunks(10_000 * dim));
+            for (clauses, vectors) in blocks {
+                let payload = encode_puts(clauses.iter().zip(vectors.chunks_exact(dim)));
                 file.write_all(&(payload.len() as u32).to_le_bytes())?;
                 file.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
                 file.write_all(&payload)?;
@@ -578,11 +567,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn encode_puts(puts: &[(Clause, Vec<f32>)], dim: usize) -> Vec<u8> {
+fn encode_puts<'a>(puts: impl ExactSizeIterator<Item = (&'a Clause, &'a [f32])>) -> Vec<u8> {
     let mut out = vec![FRAME_PUT];
     out.extend_from_slice(&(puts.len() as u32).to_le_bytes());
     for (clause, vector) in puts {
-        debug_assert_eq!(vector.len(), dim);
         out.extend_from_slice(&clause.id.to_le_bytes());
         put_str(&mut out, &clause.split);
         put_str(&mut out, &clause.label);

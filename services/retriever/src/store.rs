@@ -103,14 +103,6 @@ impl Store {
         }
     }
 
-    /// Which store this is, and where, for logs and `Info`.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Postgres(_) => "pgvector".to_owned(),
-            Self::Embedded(store) => format!("embedded ({})", store.path().display()),
-        }
-    }
-
     /// The configured vector dimension.
     pub fn dimension(&self) -> usize {
         match self {
