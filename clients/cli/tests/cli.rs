@@ -2,20 +2,14 @@
 //! `index`, `classify --json`, `eval --report`, and shutdown on SIGTERM.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lextral_integration_tests::{admin_database_url, fresh_database, ledgar, llm_model, model_dir};
+use lextral_integration_tests::{
+    admin_database_url, free_port, fresh_database, ledgar, llm_model, model_dir, KillOnDrop,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lextral");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn write_data(dir: &Path, train: &[(String, String)], validation: &[(String, String)]) {
     let mut labels: Vec<&str> = train
@@ -32,15 +26,6 @@ fn write_data(dir: &Path, train: &[(String, String)], validation: &[(String, Str
             .map(|(text, label)| serde_json::json!({ "text": text, "label": label }).to_string())
             .collect();
         std::fs::write(dir.join(format!("{name}.jsonl")), lines.join("\n") + "\n").unwrap();
-    }
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -68,7 +53,7 @@ async fn serve_index_classify_eval_and_stop() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut server = Server(child);
+    let mut server = KillOnDrop(child);
     let ready = format!("http://127.0.0.1:{http}/readyz");
     let started = Instant::now();
     loop {
@@ -297,6 +282,53 @@ async fn migrate_creates_the_schema_idempotently_and_waits_then_fails_clearly() 
         row.get::<_, Option<String>>(0).as_deref(),
         Some("lextral_clauses")
     );
+
+    // Bulk load: drop the HNSW index, then build it again.
+    let hnsw = "SELECT to_regclass('public.lextral_clauses_embedding_hnsw') IS NOT NULL";
+    assert!(client.query_one(hnsw, &[]).await.unwrap().get::<_, bool>(0));
+    let output = lextral(&["migrate", "--database-url", &database, "--drop-index"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("HNSW index dropped"));
+    assert!(!client.query_one(hnsw, &[]).await.unwrap().get::<_, bool>(0));
+    let output = lextral(&[
+        "migrate",
+        "--database-url",
+        &database,
+        "--build-index",
+        "--maintenance-work-mem-mb",
+        "64",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("HNSW index ready"));
+    let definition: String = client
+        .query_one(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'lextral_clauses_embedding_hnsw'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        definition.contains("hnsw") && definition.contains("m='16'"),
+        "{definition}"
+    );
+    // Both at once make no sense.
+    let output = lextral(&[
+        "migrate",
+        "--database-url",
+        &database,
+        "--drop-index",
+        "--build-index",
+    ]);
+    assert!(!output.status.success());
 
     // Nothing listens: it retries for --wait-s, then says why.
     let started = Instant::now();

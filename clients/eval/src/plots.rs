@@ -305,6 +305,164 @@ fn latency_cdf(path: &Path, names: &[&str], predictions: &[Vec<Prediction>]) -> 
     Ok(())
 }
 
+/// One `ef_search` setting of an HNSW sweep.
+#[derive(Debug, Clone, Copy)]
+pub struct EfPoint {
+    /// The setting.
+    pub ef_search: u32,
+    /// Mean recall@k against exact search.
+    pub recall: f64,
+    /// Median search latency, ms.
+    pub p50_ms: f64,
+    /// 95th-percentile search latency, ms.
+    pub p95_ms: f64,
+}
+
+/// Recall@k and search latency against `ef_search`, side by side, one
+/// evenly spaced tick per measured setting, the default marked larger.
+pub fn recall_vs_ef_search(
+    path: &Path,
+    points: &[EfPoint],
+    subtitle: &str,
+    default_ef: u32,
+) -> anyhow::Result<()> {
+    register_fonts();
+    anyhow::ensure!(!points.is_empty(), "no points to plot");
+    let root = BitMapBackend::new(path, (1400, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(70);
+    title.draw(&Text::new(
+        "Recall and latency against hnsw.ef_search",
+        (700, 10),
+        text_style(26.0, HPos::Center, VPos::Top),
+    ))?;
+    title.draw(&Text::new(
+        subtitle.to_owned(),
+        (700, 44),
+        text_style(16.0, HPos::Center, VPos::Top),
+    ))?;
+    let (left, right) = body.split_horizontally(700);
+
+    let settings: Vec<u32> = points.iter().map(|p| p.ef_search).collect();
+    let min_recall = points.iter().map(|p| p.recall).fold(1.0, f64::min);
+    let recall_lo = (min_recall - 0.03).clamp(0.0, 0.95);
+    let mut chart = ef_panel(
+        &left,
+        &settings,
+        recall_lo..1.0,
+        "mean recall@k against exact search",
+        (0.98, "target 0.98"),
+    )?;
+    let c = colour(0);
+    let at = |i: usize| i as f64;
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().enumerate().map(|(i, p)| (at(i), p.recall)),
+            c.stroke_width(3),
+        ))?
+        .label("recall@k")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+    chart.draw_series(points.iter().enumerate().map(|(i, p)| {
+        let marker = if p.ef_search == default_ef { 8 } else { 4 };
+        Circle::new((at(i), p.recall), marker, c.filled())
+    }))?;
+    chart.draw_series(points.iter().enumerate().map(|(i, p)| {
+        Text::new(
+            format!("{:.3}", p.recall),
+            (at(i), p.recall),
+            text_style(14.0, HPos::Left, VPos::Top),
+        )
+    }))?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+
+    let max_ms = points.iter().map(|p| p.p95_ms).fold(10.0, f64::max) * 1.15;
+    let mut chart = ef_panel(
+        &right,
+        &settings,
+        0.0..max_ms,
+        "search latency, ms (one query per call)",
+        (10.0, "target p95 10 ms"),
+    )?;
+    for (i, (name, value)) in [
+        ("p50", (|p: &EfPoint| p.p50_ms) as fn(&EfPoint) -> f64),
+        ("p95", |p: &EfPoint| p.p95_ms),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = colour(i + 1);
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().enumerate().map(|(j, p)| (at(j), value(p))),
+                c.stroke_width(3),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+        chart.draw_series(points.iter().enumerate().map(|(j, p)| {
+            let marker = if p.ef_search == default_ef { 8 } else { 4 };
+            Circle::new((at(j), value(p)), marker, c.filled())
+        }))?;
+    }
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+type EfChart<'a> = ChartContext<
+    'a,
+    BitMapBackend<'a>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// One panel of [`recall_vs_ef_search`]: x is the index of the setting (a
+/// log axis would crowd its own labels between the measured settings), with
+/// a dashed target line.
+fn ef_panel<'a>(
+    area: &Area<'a>,
+    settings: &[u32],
+    y: std::ops::Range<f64>,
+    y_desc: &str,
+    (target_y, target_label): (f64, &str),
+) -> anyhow::Result<EfChart<'a>> {
+    let n = settings.len();
+    let xs = -0.5..(n as f64 - 0.5);
+    let label = |v: &f64| {
+        let i = v.round();
+        if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+            settings[i as usize].to_string()
+        } else {
+            String::new()
+        }
+    };
+    let mut chart = ChartBuilder::on(area)
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xs.clone(), y)?;
+    chart
+        .configure_mesh()
+        .x_labels(n)
+        .x_label_formatter(&label)
+        .x_desc("ef_search")
+        .y_desc(y_desc)
+        .light_line_style(WHITE)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .draw()?;
+    let red = RGBColor(214, 39, 40);
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(xs.start, target_y), (xs.end, target_y)],
+            8,
+            6,
+            red.stroke_width(2),
+        ))?
+        .label(target_label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
+    Ok(chart)
+}
+
 /// Accuracy against mean confidence per bin, one line per strategy.
 fn reliability(path: &Path, reports: &[StrategyReport]) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (800, 760)).into_drawing_area();

@@ -39,10 +39,38 @@ pub async fn serve_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = prometheus_handle();
-    let app = Router::new().route("/metrics", get(move || async move { handle.render() }));
+    let app = Router::new().route(
+        "/metrics",
+        get(move || async move {
+            record_process_memory();
+            handle.render()
+        }),
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Sets `process_resident_memory_bytes` (the Prometheus client convention)
+/// and `lextral_process_peak_resident_memory_bytes` from `/proc/self/status`
+/// at scrape time, so each service reports its own memory (Linux only).
+fn record_process_memory() {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    for (field, gauge) in [
+        ("VmRSS:", "process_resident_memory_bytes"),
+        ("VmHWM:", "lextral_process_peak_resident_memory_bytes"),
+    ] {
+        if let Some(kib) = status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<f64>().ok())
+        {
+            metrics::gauge!(gauge).set(kib * 1024.0);
+        }
+    }
 }
 
 /// Records `lextral_grpc_requests_total` and

@@ -10,9 +10,12 @@ use lextral_common::telemetry::redact_url;
 const DEFAULT_DIMENSION: usize = 384;
 const DEFAULT_POOL_SIZE: usize = 16;
 const DEFAULT_CONNECT_TIMEOUT_S: u64 = 5;
-const DEFAULT_HNSW_M: u32 = 16;
-const DEFAULT_HNSW_EF_CONSTRUCTION: u32 = 64;
-const DEFAULT_EF_SEARCH: u32 = 100;
+/// Default HNSW graph degree.
+pub const DEFAULT_HNSW_M: u32 = 16;
+/// Default HNSW build breadth.
+pub const DEFAULT_HNSW_EF_CONSTRUCTION: u32 = 64;
+/// Default HNSW search breadth.
+pub const DEFAULT_EF_SEARCH: u32 = 100;
 const DEFAULT_HEALTH_INTERVAL_S: u64 = 2;
 const DEFAULT_TIMEOUT_S: u64 = 60;
 

@@ -30,6 +30,12 @@ fn render(template: &str, config: &RetrieverConfig) -> String {
         )
 }
 
+/// The statement that creates the HNSW index (migration 2), for rebuilding it
+/// after a bulk load.
+pub(crate) fn hnsw_index_sql(config: &RetrieverConfig) -> String {
+    render(MIGRATIONS[1].2, config)
+}
+
 /// Applies the migrations not yet recorded, in one transaction.
 pub async fn migrate(client: &mut Client, config: &RetrieverConfig) -> Result<(), StoreError> {
     let tx = client.transaction().await?;

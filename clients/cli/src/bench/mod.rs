@@ -1,6 +1,9 @@
 //! `lextral bench`: embedding throughput in-process, and search and
 //! end-to-end latency against a running stack.
 
+mod load;
+mod retriever;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,6 +28,12 @@ pub enum BenchCommand {
     /// A trained classifier in-process: latency and throughput at batch 1
     /// and batch N, peak memory.
     Classifier(ClassifierArgs),
+    /// pgvector at scale: bulk load, HNSW build, recall@k and latency
+    /// against `ef_search` (its own database on the given server).
+    Retriever(retriever::RetrieverArgs),
+    /// Classify latency and throughput with concurrent clients over REST and
+    /// gRPC, and the memory each service reports, against a running stack.
+    Load(load::LoadArgs),
 }
 
 /// `lextral bench classifier`.
@@ -193,6 +202,12 @@ pub struct StackArgs {
     /// gRPC URL serving the embedder and retriever (`serve all` serves both).
     #[arg(long, env = "LEXTRAL_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// The embedder's gRPC URL when it runs on its own [default: --server].
+    #[arg(long)]
+    embedder: Option<String>,
+    /// The retriever's gRPC URL when it runs on its own [default: --server].
+    #[arg(long)]
+    retriever: Option<String>,
     /// REST gateway URL.
     #[arg(
         long,
@@ -238,6 +253,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Embed(args) => embed(args).await,
         BenchCommand::Stack(args) => stack(args).await,
         BenchCommand::Classifier(args) => classifier(args).await,
+        BenchCommand::Retriever(args) => retriever::run(args).await,
+        BenchCommand::Load(args) => load::run(args).await,
     }
 }
 
@@ -321,12 +338,17 @@ async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
 
 async fn stack(args: StackArgs) -> anyhow::Result<()> {
     let texts = read_texts(&args.data, args.queries)?;
-    let channel = tonic::transport::Channel::from_shared(args.server.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {}; start `lextral serve all`", args.server))?;
-    let mut embedder = EmbedderServiceClient::new(channel.clone());
-    let mut retriever = RetrieverServiceClient::new(channel);
+    let connect = |url: Option<String>| {
+        let url = url.unwrap_or_else(|| args.server.clone());
+        async move {
+            tonic::transport::Channel::from_shared(url.clone())?
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach {url}; start `lextral serve all`"))
+        }
+    };
+    let mut embedder = EmbedderServiceClient::new(connect(args.embedder.clone()).await?);
+    let mut retriever = RetrieverServiceClient::new(connect(args.retriever.clone()).await?);
     let vectors = embedder
         .embed(EmbedRequest {
             texts: texts.clone(),

@@ -1,0 +1,378 @@
+//! `lextral bench load`: classify latency and throughput against a running
+//! stack with N concurrent clients, over REST and gRPC, per strategy, and the
+//! memory each service reports.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use lextral_eval::metrics::percentile;
+use lextral_orchestrator::names::parse_strategy;
+use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
+use lextral_proto::v1::ClassifyRequest;
+use serde::Serialize;
+
+use crate::data::read_texts;
+
+/// How the clients call.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `POST /v1/classify` on the REST gateway.
+    Rest,
+    /// `OrchestratorService/Classify`.
+    Grpc,
+}
+
+/// `lextral bench load`.
+#[derive(Args)]
+pub struct LoadArgs {
+    /// JSONL file whose `text` fields are sent, one clause per request.
+    #[arg(long)]
+    data: PathBuf,
+    /// Strategies measured (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "knn,finetuned")]
+    strategies: Vec<String>,
+    /// Concurrent clients, each with its own connection (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    /// Protocols measured (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "rest,grpc")]
+    protocols: Vec<Protocol>,
+    /// Requests timed per (strategy, protocol, concurrency); at least 10 per
+    /// client are sent.
+    #[arg(long, default_value_t = 400)]
+    requests: usize,
+    /// Untimed requests per client before each measurement.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Orchestrator gRPC URL.
+    #[arg(long, env = "LEXTRAL_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// REST gateway URL.
+    #[arg(
+        long,
+        env = "LEXTRAL_HTTP_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    http: String,
+    /// A service's Prometheus endpoint as NAME=URL (repeatable); its
+    /// resident and peak memory are read after the run.
+    #[arg(long = "service-metrics")]
+    service_metrics: Vec<String>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct LevelReport {
+    strategy: String,
+    protocol: Protocol,
+    concurrency: usize,
+    requests: usize,
+    errors: usize,
+    seconds: f64,
+    throughput_per_s: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Saturation {
+    strategy: String,
+    protocol: Protocol,
+    concurrency: usize,
+    throughput_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct ServiceMemory {
+    service: String,
+    resident_mib: f64,
+    peak_resident_mib: f64,
+}
+
+#[derive(Serialize)]
+struct LoadReport {
+    clauses: usize,
+    levels: Vec<LevelReport>,
+    saturation: Vec<Saturation>,
+    memory: Vec<ServiceMemory>,
+}
+
+/// One simulated client: its own connection.
+enum Caller {
+    Rest { http: reqwest::Client, url: String },
+    Grpc(OrchestratorServiceClient<tonic::transport::Channel>),
+}
+
+impl Caller {
+    async fn new(protocol: Protocol, args: &LoadArgs) -> anyhow::Result<Self> {
+        Ok(match protocol {
+            Protocol::Rest => Self::Rest {
+                http: reqwest::Client::builder().build()?,
+                url: format!("{}/v1/classify", args.http.trim_end_matches('/')),
+            },
+            Protocol::Grpc => {
+                let channel = tonic::transport::Channel::from_shared(args.server.clone())?
+                    .connect()
+                    .await
+                    .with_context(|| {
+                        format!("cannot reach {}; start `lextral serve all`", args.server)
+                    })?;
+                Self::Grpc(OrchestratorServiceClient::new(channel))
+            }
+        })
+    }
+
+    /// Classifies one clause; an error names what the server answered.
+    async fn classify(&mut self, strategy: &str, text: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Rest { http, url } => {
+                let response = http
+                    .post(url.as_str())
+                    .json(&serde_json::json!({ "texts": [text], "strategy": strategy }))
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach {url}"))?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                if !status.is_success() {
+                    bail!(
+                        "{url} answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+            Self::Grpc(client) => {
+                let response = client
+                    .classify(ClassifyRequest {
+                        texts: vec![text.to_owned()],
+                        strategy: parse_strategy(strategy).map_err(anyhow::Error::msg)? as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|status| anyhow::anyhow!("gRPC classify: {}", status.message()))?;
+                anyhow::ensure!(
+                    response.into_inner().results.len() == 1,
+                    "gRPC classify returned no result"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    for strategy in &args.strategies {
+        parse_strategy(strategy).map_err(anyhow::Error::msg)?;
+    }
+    anyhow::ensure!(
+        args.concurrency.iter().all(|&c| c >= 1),
+        "--concurrency values must be at least 1"
+    );
+    let services: Vec<(&str, &str)> = args
+        .service_metrics
+        .iter()
+        .map(|spec| {
+            spec.split_once('=')
+                .with_context(|| format!("--service-metrics {spec:?}: expected NAME=URL"))
+        })
+        .collect::<Result<_, _>>()?;
+    let texts = Arc::new(read_texts(&args.data, usize::MAX)?);
+    let mut levels = Vec::new();
+    for strategy in &args.strategies {
+        for &protocol in &args.protocols {
+            for &concurrency in &args.concurrency {
+                let level = measure(&args, strategy, protocol, concurrency, &texts).await?;
+                if !args.json {
+                    print_level(&level);
+                }
+                levels.push(level);
+            }
+        }
+    }
+    let mut saturation: Vec<Saturation> = Vec::new();
+    for level in &levels {
+        match saturation
+            .iter_mut()
+            .find(|s| s.strategy == level.strategy && s.protocol == level.protocol)
+        {
+            Some(best) if best.throughput_per_s >= level.throughput_per_s => {}
+            Some(best) => {
+                best.concurrency = level.concurrency;
+                best.throughput_per_s = level.throughput_per_s;
+            }
+            None => saturation.push(Saturation {
+                strategy: level.strategy.clone(),
+                protocol: level.protocol,
+                concurrency: level.concurrency,
+                throughput_per_s: level.throughput_per_s,
+            }),
+        }
+    }
+    let mut memory = Vec::new();
+    for (service, url) in services {
+        memory.push(service_memory(service, url).await?);
+    }
+    let report = LoadReport {
+        clauses: texts.len(),
+        levels,
+        saturation,
+        memory,
+    };
+    if let Some(out) = &args.out {
+        lextral_common::fs::write_json_atomically(out, &report)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for s in &report.saturation {
+            println!(
+                "saturation {} over {:?}: {:.1} requests/s at {} clients",
+                s.strategy, s.protocol, s.throughput_per_s, s.concurrency
+            );
+        }
+        for m in &report.memory {
+            println!(
+                "memory {}: resident {:.0} MiB, peak {:.0} MiB",
+                m.service, m.resident_mib, m.peak_resident_mib
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_level(level: &LevelReport) {
+    println!(
+        "{:<10} {:<4} {:>3} clients: {:>4} requests, {:>6.1}/s, p50 {:>7.1} ms, p95 {:>7.1} ms, p99 {:>7.1} ms{}",
+        level.strategy,
+        format!("{:?}", level.protocol).to_lowercase(),
+        level.concurrency,
+        level.requests,
+        level.throughput_per_s,
+        level.p50_ms,
+        level.p95_ms,
+        level.p99_ms,
+        if level.errors > 0 {
+            format!(", {} errors", level.errors)
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// Runs `concurrency` clients until `requests` answers are timed (clients
+/// take the next clause from a shared counter, cycling through the file).
+async fn measure(
+    args: &LoadArgs,
+    strategy: &str,
+    protocol: Protocol,
+    concurrency: usize,
+    texts: &Arc<Vec<String>>,
+) -> anyhow::Result<LevelReport> {
+    let requests = args.requests.max(10 * concurrency);
+    let mut callers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let mut caller = Caller::new(protocol, args).await?;
+        for i in 0..args.warmup {
+            caller
+                .classify(strategy, &texts[i % texts.len()])
+                .await
+                .with_context(|| format!("warm-up {strategy} over {protocol:?}"))?;
+        }
+        callers.push(caller);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .map(|mut caller| {
+            let next = Arc::clone(&next);
+            let texts = Arc::clone(texts);
+            let strategy = strategy.to_owned();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= requests {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    match caller.classify(&strategy, &texts[i % texts.len()]).await {
+                        Ok(()) => latencies.push(sent.elapsed().as_secs_f64() * 1000.0),
+                        Err(err) => errors.push(err),
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(requests);
+    let mut errors = Vec::new();
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors.extend(e);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if latencies.is_empty() {
+        let first = errors
+            .into_iter()
+            .next()
+            .map_or_else(|| "no answer".to_owned(), |e| format!("{e:#}"));
+        bail!("{strategy} over {protocol:?}: every request failed: {first}");
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(LevelReport {
+        strategy: strategy.to_owned(),
+        protocol,
+        concurrency,
+        requests: latencies.len(),
+        errors: errors.len(),
+        seconds,
+        throughput_per_s: latencies.len() as f64 / seconds,
+        p50_ms: percentile(&latencies, 50.0),
+        p95_ms: percentile(&latencies, 95.0),
+        p99_ms: percentile(&latencies, 99.0),
+    })
+}
+
+/// Reads a service's resident and peak memory from its `/metrics`.
+async fn service_memory(service: &str, url: &str) -> anyhow::Result<ServiceMemory> {
+    let url = if url.ends_with("/metrics") {
+        url.to_owned()
+    } else {
+        format!("{}/metrics", url.trim_end_matches('/'))
+    };
+    let body = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach {url}"))?
+        .error_for_status()?
+        .text()
+        .await?;
+    let gauge = |name: &str| {
+        body.lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                rest.starts_with(' ')
+                    .then(|| rest.trim().parse::<f64>().ok())?
+            })
+            .map(|bytes| bytes / (1024.0 * 1024.0))
+            .with_context(|| format!("{url} has no {name}"))
+    };
+    Ok(ServiceMemory {
+        service: service.to_owned(),
+        resident_mib: gauge("process_resident_memory_bytes")?,
+        peak_resident_mib: gauge("lextral_process_peak_resident_memory_bytes")?,
+    })
+}
