@@ -76,8 +76,19 @@ run_retriever() {
   echo "bench: report and plot in $OUT/retriever"
 }
 
+# Global: the EXIT trap runs after run_stack has returned.
+STACK_PIDS=()
+STACK_TMP=""
+stop_services() {
+  for pid in "${STACK_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${STACK_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ -n "$STACK_TMP" ] && rm -rf "$STACK_TMP"
+  STACK_PIDS=()
+  STACK_TMP=""
+}
+
 run_stack() {
-  local lextral model tmp pids=() port
+  local lextral model tmp
   lextral="$(build)"
   LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -1)"
   export LEXTRAL_EMBED_MODEL
@@ -87,11 +98,7 @@ run_stack() {
     "$lextral" train --data "$DATA" --out "$model" >&2
   fi
   tmp="$(mktemp -d)"
-  stop_services() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$tmp"
-  }
+  STACK_TMP="$tmp"
   trap stop_services EXIT
   declare -A grpc metrics
   for service in embedder retriever finetuned orchestrator; do
@@ -105,19 +112,19 @@ run_stack() {
   [ -n "${LEXTRAL_DATABASE_URL:-}" ] && store=(--store postgres)
   "$lextral" serve embedder --grpc "${grpc[embedder]}" --metrics "${metrics[embedder]}" \
     >"$tmp/embedder.log" 2>&1 &
-  pids+=($!)
+  STACK_PIDS+=($!)
   "$lextral" serve retriever --grpc "${grpc[retriever]}" --metrics "${metrics[retriever]}" \
     "${store[@]}" >"$tmp/retriever.log" 2>&1 &
-  pids+=($!)
+  STACK_PIDS+=($!)
   "$lextral" serve finetuned-classifier --grpc "${grpc[finetuned]}" \
     --metrics "${metrics[finetuned]}" --finetuned-model "$model" \
     --finetuned-embedder-url "http://${grpc[embedder]}" >"$tmp/finetuned.log" 2>&1 &
-  pids+=($!)
+  STACK_PIDS+=($!)
   "$lextral" serve orchestrator --grpc "${grpc[orchestrator]}" --http "$http" \
     --metrics "${metrics[orchestrator]}" --embedder-url "http://${grpc[embedder]}" \
     --retriever-url "http://${grpc[retriever]}" --finetuned-url "http://${grpc[finetuned]}" \
     --prompt-url "http://127.0.0.1:$(free_port)" >"$tmp/orchestrator.log" 2>&1 &
-  pids+=($!)
+  STACK_PIDS+=($!)
   for _ in $(seq 1 240); do
     curl -fs "http://$http/readyz" >/dev/null 2>&1 && break
     sleep 0.5
@@ -143,6 +150,7 @@ run_stack() {
     --service-metrics "orchestrator=http://${metrics[orchestrator]}" \
     --out "$OUT/load.json" "$@"
   echo "bench: report in $OUT/load.json"
+  stop_services
 }
 
 case "$what" in

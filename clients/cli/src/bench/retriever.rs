@@ -88,7 +88,7 @@ pub struct RetrieverArgs {
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// How synthetic vectors are drawn around the real ones.
-    #[arg(long, value_enum, default_value_t = Synthetic::Neighbours)]
+    #[arg(long, value_enum, default_value_t = Synthetic::Spread)]
     synthetic: Synthetic,
     /// Keep the loaded and indexed table when it holds exactly this data set
     /// (same inputs, seed, sizes and HNSW parameters) and only sweep the
