@@ -13,8 +13,8 @@ pub struct MigrateArgs {
     /// fresh cluster starts the database and the Job together).
     #[arg(long = "wait-s", env = "LEXTRAL_MIGRATE_WAIT_S", default_value_t = 300)]
     wait_s: u64,
-    /// Then drop the HNSW index, before a bulk load of many clauses: rows
-    /// load several times faster without it, and searches stay exact (and
+    /// Then drop the HNSW index, before a bulk load of many clauses, so the
+    /// load does not grow the graph row by row; searches stay exact (and
     /// slow) until `--build-index`.
     #[arg(long, conflicts_with = "build_index")]
     drop_index: bool,
