@@ -177,6 +177,9 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
         "--bench-database may hold letters, digits and _ only"
     );
 
+    // The server first: an unreachable one fails before minutes of embedding.
+    let bench_url = bench_database_url(&args.database_url, &args.bench_database).await?;
+
     // Inputs: real embeddings, queries, synthetic vectors.
     let base_texts = read_texts(&args.base, usize::MAX)?;
     let mut query_texts = Vec::new();
@@ -212,8 +215,6 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
     };
     let fingerprint = fingerprint(&args, &base_texts, &query_texts, dim);
 
-    // The benchmark database on the given server.
-    let bench_url = bench_database_url(&args.database_url, &args.bench_database).await?;
     let mut config = RetrieverConfig::with_database_url(bench_url.clone());
     config.dimension = dim;
     config.hnsw_m = args.hnsw_m;
