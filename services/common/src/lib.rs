@@ -11,6 +11,18 @@ pub mod telemetry;
 
 pub use error::{into_status, ServiceError, ServiceErrorCode};
 
+/// A memory field of this process from `/proc/self/status` (`"VmRSS"`,
+/// `"VmHWM"`), in bytes; `None` off Linux.
+pub fn process_memory_bytes(field: &str) -> Option<f64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib * 1024.0)
+}
+
 /// Lextral's cache directory: `$LEXTRAL_HOME`, else `$HOME/.cache/lextral`.
 /// The set-up scripts put the model and the local database under it.
 pub fn lextral_home() -> std::path::PathBuf {

@@ -55,20 +55,12 @@ pub async fn serve_metrics(
 /// and `lextral_process_peak_resident_memory_bytes` from `/proc/self/status`
 /// at scrape time, so each service reports its own memory (Linux only).
 fn record_process_memory() {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return;
-    };
     for (field, gauge) in [
-        ("VmRSS:", "process_resident_memory_bytes"),
-        ("VmHWM:", "lextral_process_peak_resident_memory_bytes"),
+        ("VmRSS", "process_resident_memory_bytes"),
+        ("VmHWM", "lextral_process_peak_resident_memory_bytes"),
     ] {
-        if let Some(kib) = status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<f64>().ok())
-        {
-            metrics::gauge!(gauge).set(kib * 1024.0);
+        if let Some(bytes) = crate::process_memory_bytes(field) {
+            metrics::gauge!(gauge).set(bytes);
         }
     }
 }

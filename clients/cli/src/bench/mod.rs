@@ -73,16 +73,7 @@ struct ClassifierReport {
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    lextral_common::process_memory_bytes("VmHWM").map_or(f64::NAN, |b| b / (1024.0 * 1024.0))
 }
 
 async fn classifier(args: ClassifierArgs) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lextral_embedder::{model::resolve_model_dir, EmbedderConfig, SentenceEmbedder};
 use lextral_eval::metrics::percentile;
 use lextral_retriever::config::{DEFAULT_EF_SEARCH, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M};
+use lextral_retriever::embedded::dot;
 use lextral_retriever::store::{content_hash, NewClause, SearchParams};
 use lextral_retriever::{RetrieverConfig, Store};
 use rand::rngs::StdRng;
@@ -817,19 +818,6 @@ fn push_top(top: &mut Vec<(f32, i64)>, k: usize, hit: (f32, i64)) {
     let at = top.partition_point(|held| better(held, &hit));
     top.insert(at, hit);
     top.truncate(k);
-}
-
-/// Dot product in eight lanes (vectorised by the compiler).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
-    let (b8, b_rest) = b.split_at(a8.len());
-    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum::<f32>()
 }
 
 /// One query per call, as the kNN strategy sends them, at each `ef_search`.
