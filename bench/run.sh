@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|stack|all [options]
+# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|retriever-embedded|stack|all [options]
 #   embed:     our embedder and sentence-transformers/PyTorch on the same 1,000
 #              clauses, same threads, in one run; prints both and their ratio
 #              (options go to bench/embed_vs_pytorch.py).
@@ -8,12 +8,16 @@
 #              retriever`, e.g. --vectors 100000). Uses its own PostgreSQL
 #              instance `bench` (shared_buffers 4 GB) unless
 #              LEXTRAL_BENCH_DATABASE_URL names a server. ~25 min, ~8 GB disk.
+#   retriever-embedded: the same 1M vectors in the embedded store (no
+#              server; one-bit codes + exact re-scoring): load, reopen,
+#              recall and latency against ef_search. ~3 min, 1.6 GB disk,
+#              ~5 GB memory.
 #   stack:     the services as separate processes (embedded store, train split
 #              indexed, the fine-tuned model of the quick start), then REST
 #              kNN at one client (`lextral bench stack`) and knn/finetuned over
 #              REST and gRPC at 1/8/32 clients with each service's memory
 #              (`lextral bench load`; options go to it).
-#   all:       the three in turn, default options.
+#   all:       all of them in turn, default options.
 # Results go to $LEXTRAL_BENCH_OUT (default ~/.cache/lextral/bench). Builds
 # lextral (release), caches the model and a PyTorch venv in ~/.cache/lextral
 # (the venv is ~6 GB: PyPI's torch wheel brings CUDA libraries even though
@@ -74,6 +78,17 @@ run_retriever() {
     --query-data "$DATA/validation.jsonl" --query-data "$DATA/train.jsonl" \
     --out "$OUT/retriever" "$@"
   echo "bench: report and plot in $OUT/retriever"
+}
+
+run_retriever_embedded() {
+  local lextral
+  lextral="$(build)"
+  LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -1)"
+  export LEXTRAL_EMBED_MODEL
+  "$lextral" bench retriever --store embedded --base "$DATA/unlabeled.jsonl" \
+    --query-data "$DATA/validation.jsonl" --query-data "$DATA/train.jsonl" \
+    --out "$OUT/retriever-embedded" "$@"
+  echo "bench: report and plot in $OUT/retriever-embedded"
 }
 
 # Global: the EXIT trap runs after run_stack has returned.
@@ -156,14 +171,16 @@ run_stack() {
 case "$what" in
   embed) run_embed "$@" ;;
   retriever) run_retriever "$@" ;;
+  retriever-embedded) run_retriever_embedded "$@" ;;
   stack) run_stack "$@" ;;
   all)
     run_embed
     run_retriever
+    run_retriever_embedded
     run_stack
     ;;
   *)
-    echo "usage: bench/run.sh embed|retriever|stack|all [options]" >&2
+    echo "usage: bench/run.sh embed|retriever|retriever-embedded|stack|all [options]" >&2
     exit 2
     ;;
 esac

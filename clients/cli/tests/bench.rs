@@ -149,6 +149,96 @@ async fn bench_retriever_loads_indexes_and_measures_recall_in_its_own_database()
     );
 }
 
+/// The embedded store at test scale, past its exact-search limit so the
+/// one-bit codes pick the candidates: its own directory, recall, reuse, and
+/// a file beside the store left alone.
+#[tokio::test]
+async fn bench_retriever_measures_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.jsonl");
+    let queries = dir.path().join("queries.jsonl");
+    write_jsonl(&base, &ledgar("train", 40));
+    write_jsonl(&queries, &ledgar("validation", 12));
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("notes.txt"), "mine").unwrap();
+    let args = |reuse: bool| {
+        let mut args = vec![
+            "bench",
+            "retriever",
+            "--store",
+            "embedded",
+            "--store-path",
+            store.to_str().unwrap(),
+            "--exact-max-rows",
+            "1000",
+            "--base",
+            base.to_str().unwrap(),
+            "--query-data",
+            queries.to_str().unwrap(),
+            "--vectors",
+            "3000",
+            "--queries",
+            "12",
+            "--ef-search",
+            "1,10,50,100",
+            "--vectors-cache",
+            dir.path().join("cache").to_str().unwrap(),
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        if reuse {
+            args.push("--reuse".into());
+        }
+        args
+    };
+    let first_args = args(false);
+    let first = run_json(&first_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(first["store"], "embedded");
+    assert_eq!(first["load"]["rows"], 3000);
+    assert!(
+        first["build"].is_null(),
+        "the embedded store builds no index"
+    );
+    assert!(first["reopen_seconds"].as_f64().unwrap() > 0.0);
+    assert!(first["store_mib"].as_f64().unwrap() > 4.0);
+    assert!(first["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    let sweep = first["sweep"].as_array().unwrap();
+    let recall = |i: usize| sweep[i]["recall_at_k"].as_f64().unwrap();
+    // ef_search 50 re-scores 1,500 of the 3,000 rows, ef 1 only 30; at 100
+    // the candidates would cover the store, so it is searched exactly.
+    assert!(recall(2) >= 0.9, "recall at ef 50: {}", recall(2));
+    assert!(recall(2) >= recall(0), "{sweep:?}");
+    assert_eq!(recall(3), 1.0, "{sweep:?}");
+    assert_eq!(first["at_default"]["ef_search"], 100);
+
+    let second_args = args(true);
+    let second = run_json(&second_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(second["reused"], true);
+    assert_eq!(second["load"], first["load"]);
+    assert_eq!(
+        std::fs::read_to_string(store.join("notes.txt")).unwrap(),
+        "mine"
+    );
+
+    // Bad input: postgres without a URL.
+    let output = Command::new(BIN)
+        .args(["bench", "retriever", "--store", "postgres"])
+        .args(["--base", base.to_str().unwrap()])
+        .args(["--query-data", queries.to_str().unwrap()])
+        .env_remove("LEXTRAL_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("needs --database-url"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[tokio::test]
 async fn bench_load_measures_each_level_over_rest_and_grpc() {
     let store = tempfile::tempdir().unwrap();

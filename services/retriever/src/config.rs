@@ -18,6 +18,8 @@ pub const DEFAULT_HNSW_EF_CONSTRUCTION: u32 = 64;
 pub const DEFAULT_EF_SEARCH: u32 = 100;
 const DEFAULT_HEALTH_INTERVAL_S: u64 = 2;
 const DEFAULT_TIMEOUT_S: u64 = 60;
+/// Largest embedded store searched exactly; larger ones search by codes.
+pub const DEFAULT_EXACT_MAX_ROWS: usize = 50_000;
 
 /// Which store holds the clauses.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +107,9 @@ pub struct RetrieverConfig {
     )]
     pub hnsw_ef_construction: u32,
 
-    /// Default HNSW search breadth (`hnsw.ef_search`); requests may override it.
+    /// Default search breadth; requests may override it. pgvector: its
+    /// `hnsw.ef_search`. Embedded store above --exact-max-rows clauses: the
+    /// number of candidates re-scored exactly is 30 × this.
     #[arg(
         id = "ef-search",
         long = "ef-search",
@@ -113,6 +117,17 @@ pub struct RetrieverConfig {
         default_value_t = DEFAULT_EF_SEARCH
     )]
     pub ef_search: u32,
+
+    /// Embedded store: up to this many clauses are searched exactly (recall
+    /// 1); larger stores pick candidates by one-bit codes, then re-score them
+    /// exactly.
+    #[arg(
+        id = "exact-max-rows",
+        long = "exact-max-rows",
+        env = "LEXTRAL_EXACT_MAX_ROWS",
+        default_value_t = DEFAULT_EXACT_MAX_ROWS
+    )]
+    pub exact_max_rows: usize,
 
     /// Seconds between database health checks.
     #[arg(
@@ -146,6 +161,7 @@ impl RetrieverConfig {
             hnsw_m: DEFAULT_HNSW_M,
             hnsw_ef_construction: DEFAULT_HNSW_EF_CONSTRUCTION,
             ef_search: DEFAULT_EF_SEARCH,
+            exact_max_rows: DEFAULT_EXACT_MAX_ROWS,
             health_interval_s: DEFAULT_HEALTH_INTERVAL_S,
             timeout_s: DEFAULT_TIMEOUT_S,
         }
@@ -207,6 +223,7 @@ impl fmt::Debug for RetrieverConfig {
             .field("hnsw_m", &self.hnsw_m)
             .field("hnsw_ef_construction", &self.hnsw_ef_construction)
             .field("ef_search", &self.ef_search)
+            .field("exact_max_rows", &self.exact_max_rows)
             .field("health_interval_s", &self.health_interval_s)
             .field("timeout_s", &self.timeout_s)
             .finish()

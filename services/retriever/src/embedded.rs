@@ -1,8 +1,11 @@
 //! The embedded store: the single-machine default, with no database server.
 //!
-//! Clauses live in memory and are searched exactly (cosine over every stored
-//! vector that passes the filters: recall is 1 by construction, and a
-//! 60k-clause index answers in a few milliseconds). Durability comes from one
+//! Clauses live in memory. Up to `exact_max_rows` clauses (default 50,000)
+//! are searched exactly (cosine over every stored vector that passes the
+//! filters: recall is 1 by construction, and a 50k-clause store answers in a
+//! few milliseconds). Larger stores first pick `ef_search × 30` candidates by
+//! one-bit codes (see [`crate::quantized`]) and re-score those exactly: 1M
+//! clauses answer in a few milliseconds at recall@10 near 0.99. Durability comes from one
 //! append-only file, `clauses.log`: a header, then one frame per write
 //! (`[length u32][crc32 u32][payload]`, little-endian), fsynced before the
 //! write is applied in memory or acknowledged. A crash mid-write leaves a torn
@@ -21,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rayon::prelude::*;
 
 use crate::error::StoreError;
+use crate::quantized;
 use crate::store::{
     content_hash, split_or_default, Hit, NewClause, SearchParams, Stats, UpsertOutcome,
 };
@@ -29,8 +33,10 @@ const MAGIC: &[u8; 16] = b"lextral-store\n\0\x01";
 const HEADER_LEN: u64 = 16 + 4;
 const FRAME_PUT: u8 = 1;
 const FRAME_DELETE: u8 = 2;
-/// Rows scored per parallel task in a search.
+/// Rows scored per parallel task in an exact search.
 const ROWS_PER_TASK: usize = 4096;
+/// Candidates re-scored per parallel task in a search by codes.
+const RERANK_ROWS_PER_TASK: usize = 256;
 
 struct Clause {
     id: i64,
@@ -46,6 +52,8 @@ struct State {
     clauses: Vec<Clause>,
     vectors: Vec<f32>,
     norms: Vec<f32>,
+    /// One-bit code per row ([`quantized::words`] words each).
+    codes: Vec<u64>,
     by_hash: HashMap<[u8; 32], usize>,
     by_id: HashMap<i64, usize>,
     next_id: i64,
@@ -59,7 +67,9 @@ impl State {
         let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
         if let Some(&row) = self.by_id.get(&clause.id) {
             let dim = vector.len();
+            let words = quantized::words(dim);
             self.vectors[row * dim..(row + 1) * dim].copy_from_slice(vector);
+            self.codes[row * words..(row + 1) * words].copy_from_slice(&quantized::code(vector));
             self.norms[row] = norm;
             self.clauses[row] = clause;
             self.superseded += 1;
@@ -70,6 +80,7 @@ impl State {
         self.by_id.insert(clause.id, row);
         self.clauses.push(clause);
         self.vectors.extend_from_slice(vector);
+        quantized::push_code(vector, &mut self.codes);
         self.norms.push(norm);
     }
 
@@ -81,14 +92,18 @@ impl State {
         self.by_hash.remove(&self.clauses[row].hash);
         self.clauses.swap_remove(row);
         self.norms.swap_remove(row);
+        let words = quantized::words(dim);
         if row != last {
             self.vectors
                 .copy_within(last * dim..(last + 1) * dim, row * dim);
+            self.codes
+                .copy_within(last * words..(last + 1) * words, row * words);
             let moved = &self.clauses[row];
             self.by_id.insert(moved.id, row);
             self.by_hash.insert(moved.hash, row);
         }
         self.vectors.truncate(last * dim);
+        self.codes.truncate(last * words);
         // The put it removes and the delete record itself.
         self.superseded += 2;
         true
@@ -97,11 +112,37 @@ impl State {
 
 struct Inner {
     dimension: usize,
+    tuning: SearchTuning,
     path: PathBuf,
     state: RwLock<State>,
     /// The log, appended to under this lock (held with the state's write
     /// lock, so log order is apply order).
     log: Mutex<File>,
+}
+
+/// How the embedded store searches.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchTuning {
+    /// Search breadth when a request names none: large stores re-score
+    /// `ef_search × RERANK_PER_EF_SEARCH` candidates exactly.
+    pub ef_search: u32,
+    /// Stores up to this many clauses are searched exactly.
+    pub exact_max_rows: usize,
+}
+
+/// Candidates re-scored per unit of `ef_search` in a large store: the
+/// default ef_search of 100 re-scores 3,000, which held recall@10 at 0.99 and
+/// above 0.98 with both synthetic generators at 1M clauses, p95 ~6 ms
+/// (README, "Performance").
+pub const RERANK_PER_EF_SEARCH: usize = 30;
+
+impl Default for SearchTuning {
+    fn default() -> Self {
+        Self {
+            ef_search: crate::config::DEFAULT_EF_SEARCH,
+            exact_max_rows: crate::config::DEFAULT_EXACT_MAX_ROWS,
+        }
+    }
 }
 
 /// The embedded store (see the module docs).
@@ -115,8 +156,18 @@ fn storage(path: &Path, what: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir`, replaying and compacting its log.
+    /// Opens (or creates) the store in `dir`, replaying and compacting its
+    /// log, with the default search tuning.
     pub fn open(dir: &Path, dimension: usize) -> Result<Self, StoreError> {
+        Self::open_with(dir, dimension, SearchTuning::default())
+    }
+
+    /// [`EmbeddedStore::open`] with the given search tuning.
+    pub fn open_with(
+        dir: &Path,
+        dimension: usize,
+        tuning: SearchTuning,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|err| storage(dir, err))?;
         let path = dir.join("clauses.log");
         let mut file = OpenOptions::new()
@@ -161,6 +212,7 @@ impl EmbeddedStore {
         let store = Self {
             inner: Arc::new(Inner {
                 dimension,
+                tuning,
                 path,
                 state: RwLock::new(state),
                 log: Mutex::new(file),
@@ -300,37 +352,58 @@ impl EmbeddedStore {
         let state = self.read();
         let dim = self.inner.dimension;
         let k = params.k as usize;
-        let wanted = |clause: &Clause| {
+        let filtered = !params.splits.is_empty() || !params.labels.is_empty();
+        let wanted = |row: usize| {
+            let clause = &state.clauses[row];
             (params.splits.is_empty() || params.splits.contains(&clause.split))
                 && (params.labels.is_empty() || params.labels.contains(&clause.label))
         };
+        let tuning = self.inner.tuning;
+        let ef_search = params.ef_search.unwrap_or(tuning.ef_search) as usize;
+        let candidates = (ef_search * RERANK_PER_EF_SEARCH).max(k);
+        let rows = state.clauses.len();
+        let by_codes = rows > tuning.exact_max_rows && candidates < rows;
         queries
             .iter()
             .map(|query| {
                 let query_norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
-                let best = state
-                    .vectors
-                    .par_chunks(ROWS_PER_TASK * dim.max(1))
-                    .enumerate()
-                    .map(|(task, vectors)| {
-                        let first = task * ROWS_PER_TASK;
-                        let mut top = TopK::new(k);
-                        for (offset, vector) in vectors.chunks_exact(dim).enumerate() {
-                            let row = first + offset;
-                            if !wanted(&state.clauses[row]) {
-                                continue;
+                let similarity = |row: usize| {
+                    let denominator = query_norm * state.norms[row];
+                    if denominator > 0.0 {
+                        dot(query, &state.vectors[row * dim..(row + 1) * dim]) / denominator
+                    } else {
+                        0.0
+                    }
+                };
+                let best = if by_codes {
+                    let code = quantized::code(query);
+                    let filter: quantized::RowFilter<'_> =
+                        if filtered { Some(&wanted) } else { None };
+                    quantized::nearest_rows(&state.codes, &code, candidates, filter)
+                        .par_chunks(RERANK_ROWS_PER_TASK)
+                        .map(|chunk| {
+                            let mut top = TopK::new(k);
+                            for &row in chunk {
+                                top.offer(similarity(row), state.clauses[row].id, row);
                             }
-                            let denominator = query_norm * state.norms[row];
-                            let similarity = if denominator > 0.0 {
-                                dot(query, vector) / denominator
-                            } else {
-                                0.0
-                            };
-                            top.offer(similarity, state.clauses[row].id, row);
-                        }
-                        top
-                    })
-                    .reduce(|| TopK::new(k), TopK::merge);
+                            top
+                        })
+                        .reduce(|| TopK::new(k), TopK::merge)
+                } else {
+                    (0..rows.div_ceil(ROWS_PER_TASK))
+                        .into_par_iter()
+                        .map(|task| {
+                            let mut top = TopK::new(k);
+                            let first = task * ROWS_PER_TASK;
+                            for row in first..(first + ROWS_PER_TASK).min(rows) {
+                                if wanted(row) {
+                                    top.offer(similarity(row), state.clauses[row].id, row);
+                                }
+                            }
+                            top
+                        })
+                        .reduce(|| TopK::new(k), TopK::merge)
+                };
                 best.into_sorted()
                     .into_iter()
                     .filter(|&(similarity, _)| {
@@ -834,6 +907,120 @@ mod tests {
             EmbeddedStore::open(dir.path(), 8).unwrap().stats().total,
             300
         );
+    }
+
+    /// A large store searched by codes: the same answers as an exact search
+    /// for most queries, every row still found by its own vector after
+    /// deletes moved rows (codes stay aligned), filters applied.
+    #[tokio::test]
+    async fn search_by_codes_keeps_recall_and_alignment() {
+        let dim = 128;
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = SearchTuning {
+            ef_search: 10,
+            exact_max_rows: 1_000,
+        };
+        let store = EmbeddedStore::open_with(dir.path(), dim, tuning).unwrap();
+        // 200 centres with 20 noisy copies each; queries are near centres too.
+        let noisy = |centre: usize, seed: usize| -> Vec<f32> {
+            let (c, n) = (unit(centre % 200, dim), unit(seed, dim));
+            c.iter().zip(&n).map(|(c, n)| c + 0.6 * n).collect()
+        };
+        let records: Vec<NewClause> = (0..4_000)
+            .map(|i| NewClause {
+                text: format!("clause {i}"),
+                label: if i % 2 == 0 { "even" } else { "odd" }.into(),
+                split: "train".into(),
+                embedding: noisy(i, 10_000 + i),
+            })
+            .collect();
+        let ids = store.upsert(records.clone()).await.unwrap().ids;
+        // Deletes move the last rows into the gaps.
+        let gone: Vec<i64> = ids.iter().step_by(7).copied().collect();
+        store.delete(gone.clone(), vec![]).await.unwrap();
+        drop(store);
+        let store = EmbeddedStore::open_with(dir.path(), dim, tuning).unwrap();
+        let exact_dir = tempfile::tempdir().unwrap();
+        let exact = EmbeddedStore::open(exact_dir.path(), dim).unwrap();
+        let kept: Vec<NewClause> = records
+            .iter()
+            .zip(&ids)
+            .filter(|(_, id)| !gone.contains(id))
+            .map(|(r, _)| r.clone())
+            .collect();
+        exact.upsert(kept.clone()).await.unwrap();
+
+        let queries: Vec<Vec<f32>> = (0..100).map(|i| noisy(i * 3, 30_000 + i)).collect();
+        let got = store.search(queries.clone(), &params(10)).await.unwrap();
+        let want = exact.search(queries, &params(10)).await.unwrap();
+        let mut found = 0;
+        for (got, want) in got.iter().zip(&want) {
+            assert_eq!(got.len(), 10);
+            // Similarities are exact: each hit's is its true cosine.
+            for hit in got {
+                let truth = want.iter().find(|w| w.text == hit.text);
+                if let Some(truth) = truth {
+                    assert!((truth.similarity - hit.similarity).abs() < 1e-6);
+                    found += 1;
+                }
+            }
+        }
+        let recall = f64::from(found) / 1_000.0;
+        assert!(recall >= 0.9, "recall {recall}");
+        // Proof the codes decide: with 30 candidates, queries far from every
+        // cluster lose some true neighbours that the exact search finds.
+        let far: Vec<Vec<f32>> = (0..50).map(|i| unit(50_000 + i, dim)).collect();
+        let narrow = SearchParams {
+            k: 10,
+            ef_search: Some(1),
+            ..Default::default()
+        };
+        let got = store.search(far.clone(), &narrow).await.unwrap();
+        let want_far = exact.search(far, &params(10)).await.unwrap();
+        let same = got
+            .iter()
+            .zip(&want_far)
+            .flat_map(|(g, w)| g.iter().filter(|h| w.iter().any(|w| w.text == h.text)))
+            .count();
+        assert!(same < 500, "{same} of 500");
+
+        // Each kept row is its own nearest neighbour.
+        let own: Vec<Vec<f32>> = kept
+            .iter()
+            .step_by(37)
+            .map(|r| r.embedding.clone())
+            .collect();
+        let texts: Vec<&str> = kept.iter().step_by(37).map(|r| r.text.as_str()).collect();
+        let hits = store.search(own, &params(1)).await.unwrap();
+        for (hits, text) in hits.iter().zip(texts) {
+            assert_eq!(hits[0].text, text);
+            assert!(hits[0].similarity > 0.9999);
+        }
+
+        // A label filter: only that label, still k answers.
+        let filtered = SearchParams {
+            k: 5,
+            labels: vec!["odd".into()],
+            ..Default::default()
+        };
+        let hits = store.search(vec![unit(3, dim)], &filtered).await.unwrap();
+        assert_eq!(hits[0].len(), 5);
+        assert!(hits[0].iter().all(|h| h.label == "odd"));
+        // A wider ef_search re-scores more candidates: recall cannot drop.
+        let wide = SearchParams {
+            k: 10,
+            ef_search: Some(1_000),
+            ..Default::default()
+        };
+        let queries: Vec<Vec<f32>> = (0..100).map(|i| noisy(i * 3, 30_000 + i)).collect();
+        let texts = |hits: Vec<Vec<Hit>>| -> Vec<Vec<String>> {
+            hits.into_iter()
+                .map(|h| h.into_iter().map(|h| h.text).collect())
+                .collect()
+        };
+        let all = store.search(queries, &wide).await.unwrap();
+        // 30,000 candidates cover the whole store: the exact answer.
+        assert_eq!(texts(all), texts(want));
     }
 
     #[test]

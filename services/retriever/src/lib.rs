@@ -7,6 +7,7 @@ pub mod error;
 pub mod grpc;
 pub mod migrations;
 pub mod pg;
+pub mod quantized;
 pub mod store;
 
 use std::future::Future;

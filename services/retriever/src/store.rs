@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use crate::config::{RetrieverConfig, StoreKind};
-use crate::embedded::EmbeddedStore;
+use crate::embedded::{EmbeddedStore, SearchTuning};
 use crate::error::{StoreError, MAX_K};
 use crate::pg::PgStore;
 
@@ -95,9 +95,13 @@ impl Store {
     pub fn connect(config: &RetrieverConfig) -> Result<Self, StoreError> {
         match config.store_kind()? {
             StoreKind::Postgres => Ok(Self::Postgres(PgStore::connect(config)?)),
-            StoreKind::Embedded => Ok(Self::Embedded(EmbeddedStore::open(
+            StoreKind::Embedded => Ok(Self::Embedded(EmbeddedStore::open_with(
                 &config.store_path(),
                 config.dimension,
+                SearchTuning {
+                    ef_search: config.ef_search,
+                    exact_max_rows: config.exact_max_rows,
+                },
             )?)),
             StoreKind::Auto => unreachable!("store_kind resolves auto"),
         }

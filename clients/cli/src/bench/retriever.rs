@@ -1,8 +1,8 @@
-//! `lextral bench retriever`: pgvector at scale. Real clause embeddings plus
+//! `lextral bench retriever`: a store at scale. Real clause embeddings plus
 //! synthetic vectors drawn around them are loaded through the store's own
-//! binary-COPY upsert, the HNSW index is built once after the load, and
-//! recall@k against exact search and search latency are swept over
-//! `ef_search`.
+//! upsert (pgvector: binary COPY, then the HNSW index is built once after the
+//! load; embedded: its fsynced log, codes kept as rows arrive), and recall@k
+//! against exact search and search latency are swept over `ef_search`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +14,9 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lextral_embedder::{model::resolve_model_dir, EmbedderConfig, SentenceEmbedder};
 use lextral_eval::metrics::percentile;
-use lextral_retriever::config::{DEFAULT_EF_SEARCH, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M};
+use lextral_retriever::config::{
+    DEFAULT_EF_SEARCH, DEFAULT_EXACT_MAX_ROWS, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M,
+};
 use lextral_retriever::embedded::dot;
 use lextral_retriever::store::{content_hash, NewClause, SearchParams};
 use lextral_retriever::{RetrieverConfig, Store};
@@ -33,14 +35,35 @@ const BENCH_LABEL: &str = "unlabeled";
 /// Rows generated per RNG stream: the vectors do not depend on thread count.
 const ROWS_PER_STREAM: usize = 4096;
 
+/// Which store `bench retriever` measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchStore {
+    /// PostgreSQL with pgvector (HNSW).
+    Postgres,
+    /// The embedded store (exact up to --exact-max-rows, then one-bit codes
+    /// with exact re-scoring).
+    Embedded,
+}
+
 /// `lextral bench retriever`.
 #[derive(Args)]
 pub struct RetrieverArgs {
-    /// PostgreSQL server (with pgvector). The benchmark works in its own
-    /// database on that server (`--bench-database`), never in the one named
-    /// by the URL.
+    /// The store measured.
+    #[arg(long, value_enum, default_value_t = BenchStore::Postgres)]
+    store: BenchStore,
+    /// PostgreSQL server (with pgvector), for `--store postgres`. The
+    /// benchmark works in its own database on that server
+    /// (`--bench-database`), never in the one named by the URL.
     #[arg(long, env = "LEXTRAL_DATABASE_URL")]
-    database_url: String,
+    database_url: Option<String>,
+    /// Directory of the embedded store, for `--store embedded`; emptied
+    /// first [default: ~/.cache/lextral/bench/embedded-store].
+    #[arg(long)]
+    store_path: Option<PathBuf>,
+    /// Embedded store: largest store searched exactly.
+    #[arg(long, default_value_t = DEFAULT_EXACT_MAX_ROWS)]
+    exact_max_rows: usize,
     /// Database the benchmark creates (if absent) and empties.
     #[arg(long, default_value = "lextral_bench")]
     bench_database: String,
@@ -140,6 +163,7 @@ struct SweepPoint {
 
 #[derive(Serialize)]
 struct RetrieverReport {
+    store: BenchStore,
     vectors: usize,
     real_vectors: usize,
     dimension: usize,
@@ -151,7 +175,14 @@ struct RetrieverReport {
     hnsw_ef_construction: u32,
     reused: bool,
     load: LoadFigures,
-    build: BuildFigures,
+    /// pgvector's index build (the embedded store has none to build).
+    build: Option<BuildFigures>,
+    /// Embedded store: reopening it (replaying its log) after the load.
+    reopen_seconds: Option<f64>,
+    /// Embedded store: the log's size.
+    store_mib: Option<f64>,
+    /// Embedded store (in this process): peak resident memory.
+    peak_rss_mib: Option<f64>,
     exact_search_seconds: f64,
     default_ef_search: u32,
     at_default: Option<SweepPoint>,
@@ -164,7 +195,20 @@ struct RetrieverReport {
 struct Loaded {
     fingerprint: String,
     load: LoadFigures,
-    build: BuildFigures,
+    build: Option<BuildFigures>,
+}
+
+/// A loaded store, ready to sweep.
+struct Prepared {
+    store: Arc<Store>,
+    load: LoadFigures,
+    build: Option<BuildFigures>,
+    reused: bool,
+    /// Stored id of each row; `None` for a row repeating an earlier text.
+    ids: Vec<Option<i64>>,
+    server: Vec<(String, String)>,
+    reopen_seconds: Option<f64>,
+    store_mib: Option<f64>,
 }
 
 pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
@@ -179,7 +223,16 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
     );
 
     // The server first: an unreachable one fails before minutes of embedding.
-    let bench_url = bench_database_url(&args.database_url, &args.bench_database).await?;
+    let bench_url = match args.store {
+        BenchStore::Postgres => {
+            let url = args
+                .database_url
+                .as_deref()
+                .context("--store postgres needs --database-url (or LEXTRAL_DATABASE_URL)")?;
+            Some(bench_database_url(url, &args.bench_database).await?)
+        }
+        BenchStore::Embedded => None,
+    };
 
     // Inputs: real embeddings, queries, synthetic vectors.
     let base_texts = read_texts(&args.base, usize::MAX)?;
@@ -215,7 +268,92 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
         total: args.vectors,
     };
     let fingerprint = fingerprint(&args, &base_texts, &query_texts, dim);
+    let prepared = match bench_url {
+        Some(url) => prepare_postgres(&args, url, &vectors, dim, &texts, &fingerprint).await?,
+        None => prepare_embedded(&args, &vectors, dim, &texts, &fingerprint).await?,
+    };
+    let store = prepared.store;
 
+    let started = Instant::now();
+    let truth = exact_top_k(&vectors, dim, &prepared.ids, &queries, args.k as usize);
+    let exact_search_seconds = started.elapsed().as_secs_f64();
+    drop(vectors);
+
+    let sweep = sweep(&store, &queries, &truth, &args).await?;
+    let peak_rss_mib = (args.store == BenchStore::Embedded).then(super::peak_rss_mb);
+    let at_default = sweep
+        .iter()
+        .find(|p| p.ef_search == DEFAULT_EF_SEARCH)
+        .cloned();
+    let report = RetrieverReport {
+        store: args.store,
+        vectors: args.vectors,
+        real_vectors: base.len(),
+        dimension: dim,
+        queries: queries.len(),
+        k: args.k,
+        seed: args.seed,
+        synthetic: args.synthetic,
+        hnsw_m: args.hnsw_m,
+        hnsw_ef_construction: args.hnsw_ef_construction,
+        reused: prepared.reused,
+        load: prepared.load,
+        build: prepared.build,
+        reopen_seconds: prepared.reopen_seconds,
+        store_mib: prepared.store_mib,
+        peak_rss_mib,
+        exact_search_seconds,
+        default_ef_search: DEFAULT_EF_SEARCH,
+        at_default,
+        sweep,
+        server: prepared.server,
+    };
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        lextral_common::fs::write_json_atomically(&out.join("retriever.json"), &report)?;
+        let points: Vec<lextral_eval::plots::EfPoint> = report
+            .sweep
+            .iter()
+            .map(|p| lextral_eval::plots::EfPoint {
+                ef_search: p.ef_search,
+                recall: p.recall_at_k,
+                p50_ms: p.p50_ms,
+                p95_ms: p.p95_ms,
+            })
+            .collect();
+        lextral_eval::plots::recall_vs_ef_search(
+            &out.join("recall_vs_ef_search.png"),
+            &points,
+            &format!(
+                "{}, {} vectors × {dim} ({} real, synthetic: {}), k={}, {} queries",
+                store_title(&report),
+                report.vectors,
+                report.real_vectors,
+                report.synthetic.name(),
+                report.k,
+                report.queries
+            ),
+            DEFAULT_EF_SEARCH,
+        )?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// pgvector in its own database: emptied, loaded with the HNSW index
+/// dropped, then indexed once (or reused when it holds this data set).
+async fn prepare_postgres(
+    args: &RetrieverArgs,
+    bench_url: String,
+    vectors: &[f32],
+    dim: usize,
+    texts: &RowTexts<'_>,
+    fingerprint: &str,
+) -> anyhow::Result<Prepared> {
     let mut config = RetrieverConfig::with_database_url(bench_url.clone());
     config.dimension = dim;
     config.hnsw_m = args.hnsw_m;
@@ -248,15 +386,15 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
         )
         .await?
         .get(0);
-    let reusable = args.reuse
+    let reused = args.reuse
         && index_exists
         && previous
             .as_ref()
-            .is_some_and(|p| p.fingerprint == fingerprint);
-    if args.reuse && !reusable {
+            .is_some_and(|p| p.fingerprint == fingerprint && p.build.is_some());
+    if args.reuse && !reused {
         eprintln!("--reuse: the bench database does not hold this data set; loading it");
     }
-    let (load, build) = if reusable {
+    let (load, build) = if reused {
         let previous = previous.expect("checked above");
         (previous.load, previous.build)
     } else {
@@ -264,10 +402,10 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
             .batch_execute("DELETE FROM lextral_bench_meta; TRUNCATE lextral_clauses")
             .await?;
         pg.drop_ann_index().await?;
-        let load = load_rows(&store, &vectors, dim, &texts, &args).await?;
-        let build = build_index(pg, &client, &args).await?;
+        let (load, _) = load_rows(&store, vectors, dim, texts, args).await?;
+        let build = Some(build_index(pg, &client, args).await?);
         let loaded = Loaded {
-            fingerprint: fingerprint.clone(),
+            fingerprint: fingerprint.to_owned(),
             load: load.clone(),
             build: build.clone(),
         };
@@ -279,90 +417,146 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
             .await?;
         (load, build)
     };
-
     // Row index -> stored id (duplicate texts share one row, so truth skips
     // all but the first).
-    let ids = stored_ids(&client, &texts).await?;
-    let started = Instant::now();
-    let truth = exact_top_k(&vectors, dim, &ids, &queries, args.k as usize);
-    let exact_search_seconds = started.elapsed().as_secs_f64();
-
+    let ids = stored_ids(&client, texts).await?;
     let server = server_settings(&client).await?;
-    let sweep = sweep(&store, &queries, &truth, &args).await?;
-    let at_default = sweep
-        .iter()
-        .find(|p| p.ef_search == DEFAULT_EF_SEARCH)
-        .cloned();
-    let report = RetrieverReport {
-        vectors: args.vectors,
-        real_vectors: base.len(),
-        dimension: dim,
-        queries: queries.len(),
-        k: args.k,
-        seed: args.seed,
-        synthetic: args.synthetic,
-        hnsw_m: args.hnsw_m,
-        hnsw_ef_construction: args.hnsw_ef_construction,
-        reused: reusable,
+    Ok(Prepared {
+        store,
         load,
         build,
-        exact_search_seconds,
-        default_ef_search: DEFAULT_EF_SEARCH,
-        at_default,
-        sweep,
+        reused,
+        ids,
         server,
-    };
-    if let Some(out) = &args.out {
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        lextral_common::fs::write_json_atomically(&out.join("retriever.json"), &report)?;
-        let points: Vec<lextral_eval::plots::EfPoint> = report
-            .sweep
-            .iter()
-            .map(|p| lextral_eval::plots::EfPoint {
-                ef_search: p.ef_search,
-                recall: p.recall_at_k,
-                p50_ms: p.p50_ms,
-                p95_ms: p.p95_ms,
-            })
-            .collect();
-        lextral_eval::plots::recall_vs_ef_search(
-            &out.join("recall_vs_ef_search.png"),
-            &points,
-            &format!(
-                "pgvector HNSW, {} vectors × {dim} ({} real, synthetic: {}), m={}, ef_construction={}, k={}, {} queries",
-                report.vectors,
-                report.real_vectors,
-                report.synthetic.name(),
-                report.hnsw_m,
-                report.hnsw_ef_construction,
-                report.k,
-                report.queries
-            ),
-            DEFAULT_EF_SEARCH,
-        )?;
+        reopen_seconds: None,
+        store_mib: None,
+    })
+}
+
+/// The embedded store in its own directory: emptied and loaded (or reused
+/// when it holds this data set), then reopened the way a restart would.
+async fn prepare_embedded(
+    args: &RetrieverArgs,
+    vectors: &[f32],
+    dim: usize,
+    texts: &RowTexts<'_>,
+    fingerprint: &str,
+) -> anyhow::Result<Prepared> {
+    let dir = args.store_path.clone().unwrap_or_else(|| {
+        lextral_common::lextral_home()
+            .join("bench")
+            .join("embedded-store")
+    });
+    let meta_path = dir.join("bench-meta.json");
+    let previous: Option<Loaded> = std::fs::read(&meta_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let reused = args.reuse
+        && previous
+            .as_ref()
+            .is_some_and(|p| p.fingerprint == fingerprint);
+    if args.reuse && !reused {
+        eprintln!("--reuse: the bench store does not hold this data set; loading it");
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if !reused {
+        // Only the files this benchmark writes: never a directory's other contents.
+        for name in ["clauses.log", "bench-meta.json"] {
+            match std::fs::remove_file(dir.join(name)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(err).with_context(|| format!("cannot empty {}", dir.display()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut config = RetrieverConfig::embedded(&dir);
+    config.dimension = dim;
+    config.exact_max_rows = args.exact_max_rows;
+    let store = Arc::new(Store::connect(&config)?);
+    // Upserting rows the store holds writes nothing and returns their ids,
+    // so a reused store is checked row by row this way too.
+    let (mut load, ids) = load_rows(&store, vectors, dim, texts, args).await?;
+    if let (true, Some(previous)) = (reused, previous) {
+        load = previous.load;
     } else {
-        print_report(&report);
+        let loaded = Loaded {
+            fingerprint: fingerprint.to_owned(),
+            load: load.clone(),
+            build: None,
+        };
+        lextral_common::fs::write_json_atomically(&meta_path, &loaded)?;
     }
-    Ok(())
+    drop(store);
+    let started = Instant::now();
+    let store = Arc::new(Store::connect(&config)?);
+    let reopen_seconds = started.elapsed().as_secs_f64();
+    let stored = match store.as_ref() {
+        Store::Embedded(embedded) => embedded.stats().total,
+        Store::Postgres(_) => bail!("the embedded benchmark opened PostgreSQL"),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let ids: Vec<Option<i64>> = ids
+        .into_iter()
+        .map(|id| seen.insert(id).then_some(id))
+        .collect();
+    anyhow::ensure!(
+        seen.len() as u64 == stored,
+        "the bench store holds {stored} clauses, this data set {}; rerun without --reuse",
+        seen.len()
+    );
+    let store_mib = std::fs::metadata(dir.join("clauses.log"))
+        .map(|m| m.len() as f64 / (1024.0 * 1024.0))
+        .ok();
+    Ok(Prepared {
+        store,
+        load,
+        build: None,
+        reused,
+        ids,
+        server: Vec::new(),
+        reopen_seconds: Some(reopen_seconds),
+        store_mib,
+    })
+}
+
+/// What the plot and the summary call the measured store.
+fn store_title(report: &RetrieverReport) -> String {
+    match report.store {
+        BenchStore::Postgres => format!(
+            "pgvector HNSW m={}, ef_construction={}",
+            report.hnsw_m, report.hnsw_ef_construction
+        ),
+        BenchStore::Embedded => format!(
+            "embedded store, 1-bit codes + exact re-score of {}×ef_search candidates",
+            lextral_retriever::embedded::RERANK_PER_EF_SEARCH
+        ),
+    }
 }
 
 fn print_report(report: &RetrieverReport) {
+    let reused = if report.reused { ", reused" } else { "" };
     println!(
-        "{} vectors ({} real) × {}: load {:.0} s ({:.0} rows/s{}), HNSW build (m={}, ef_construction={}) {:.1} min, index {:.0} MiB",
+        "{}: {} vectors ({} real) × {}, load {:.0} s ({:.0} rows/s{reused})",
+        store_title(report),
         report.vectors,
         report.real_vectors,
         report.dimension,
         report.load.seconds,
         report.load.rows_per_s,
-        if report.reused { ", reused" } else { "" },
-        report.hnsw_m,
-        report.hnsw_ef_construction,
-        report.build.seconds / 60.0,
-        report.build.index_mib,
     );
+    if let Some(build) = &report.build {
+        println!(
+            "HNSW build {:.1} min, index {:.0} MiB",
+            build.seconds / 60.0,
+            build.index_mib
+        );
+    }
+    if let (Some(reopen), Some(mib)) = (report.reopen_seconds, report.store_mib) {
+        println!(
+            "store file {mib:.0} MiB, reopened in {reopen:.1} s, peak resident memory {:.0} MiB",
+            report.peak_rss_mib.unwrap_or(f64::NAN)
+        );
+    }
     println!(
         "{} queries, k={}: exact search {:.1} s",
         report.queries, report.k, report.exact_search_seconds
@@ -621,14 +815,14 @@ fn normalize(row: &mut [f32]) {
 
 /// Loads every row through `Store::upsert` (validation, binary COPY into a
 /// staging table, insert with the content-hash conflict rule), `writers`
-/// batches at a time.
+/// batches at a time. Returns the stored id of every row, in row order.
 async fn load_rows(
     store: &Arc<Store>,
     vectors: &[f32],
     dim: usize,
     texts: &RowTexts<'_>,
     args: &RetrieverArgs,
-) -> anyhow::Result<LoadFigures> {
+) -> anyhow::Result<(LoadFigures, Vec<i64>)> {
     let total = texts.total;
     let progress = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template(
@@ -640,39 +834,43 @@ async fn load_rows(
     let started = Instant::now();
     let batches = (0..total).step_by(batch).map(|start| {
         let end = (start + batch).min(total);
-        (start..end)
+        let records = (start..end)
             .map(|row| NewClause {
                 text: texts.get(row),
                 label: BENCH_LABEL.to_owned(),
                 split: BENCH_SPLIT.to_owned(),
                 embedding: vectors[row * dim..(row + 1) * dim].to_vec(),
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (start, records)
     });
+    let mut ids = vec![0i64; total];
     let mut results = futures::stream::iter(batches)
-        .map(|records| {
+        .map(|(start, records)| {
             let store = Arc::clone(store);
             let progress = progress.clone();
             async move {
                 let count = records.len();
-                store.upsert(records).await?;
+                let outcome = store.upsert(records).await?;
                 progress.inc(count as u64);
-                anyhow::Ok(())
+                anyhow::Ok((start, outcome.ids))
             }
         })
         .buffer_unordered(args.writers.max(1));
     while let Some(result) = results.next().await {
-        result?;
+        let (start, batch_ids) = result?;
+        ids[start..start + batch_ids.len()].copy_from_slice(&batch_ids);
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    Ok(LoadFigures {
+    let figures = LoadFigures {
         rows: total as u64,
         seconds,
         rows_per_s: total as f64 / seconds,
         batch,
         writers: args.writers.max(1),
-    })
+    };
+    Ok((figures, ids))
 }
 
 /// Builds the HNSW index, showing PostgreSQL's own progress while it runs.
