@@ -223,6 +223,13 @@ async fn bench_retriever_measures_the_embedded_store() {
         "mine"
     );
 
+    // The store's log lost (its record left): --reuse loads again and says so.
+    std::fs::remove_file(store.join("clauses.log")).unwrap();
+    let third = run_json(&second_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(third["reused"], false);
+    assert_eq!(third["load"]["rows"], 3000);
+    assert_ne!(third["load"], first["load"]);
+
     // Bad input: postgres without a URL.
     let output = Command::new(BIN)
         .args(["bench", "retriever", "--store", "postgres"])

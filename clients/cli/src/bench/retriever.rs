@@ -473,9 +473,13 @@ async fn prepare_embedded(
     config.dimension = dim;
     config.exact_max_rows = args.exact_max_rows;
     let store = Arc::new(Store::connect(&config)?);
+    let log_len = || std::fs::metadata(dir.join("clauses.log")).map_or(0, |m| m.len());
+    let before = log_len();
     // Upserting rows the store holds writes nothing and returns their ids,
-    // so a reused store is checked row by row this way too.
+    // so a reused store is checked row by row this way too: if anything was
+    // written, the store did not hold the data set and the new load counts.
     let (mut load, ids) = load_rows(&store, vectors, dim, texts, args).await?;
+    let reused = reused && log_len() == before;
     if let (true, Some(previous)) = (reused, previous) {
         load = previous.load;
     } else {
