@@ -184,10 +184,8 @@ impl EmbeddedStore {
                 ),
             )
         })?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|err| storage(&path, err))?;
-        let (state, good_len) = if bytes.is_empty() {
+        let len = file.metadata().map_err(|err| storage(&path, err))?.len();
+        let (state, good_len) = if len == 0 {
             let mut header = MAGIC.to_vec();
             header.extend_from_slice(&(dimension as u32).to_le_bytes());
             file.write_all(&header)
@@ -196,19 +194,18 @@ impl EmbeddedStore {
             sync_dir(dir)?;
             (State::default(), HEADER_LEN)
         } else {
-            replay(&path, &bytes, dimension)?
+            replay(&path, &file, len, dimension)?
         };
-        if good_len < bytes.len() as u64 {
+        if good_len < len {
             tracing::warn!(
                 path = %path.display(),
-                dropped_bytes = bytes.len() as u64 - good_len,
+                dropped_bytes = len - good_len,
                 "dropping a write torn by a crash"
             );
             file.set_len(good_len)
                 .and_then(|()| file.sync_all())
                 .map_err(|err| storage(&path, err))?;
         }
-        drop(bytes);
         let store = Self {
             inner: Arc::new(Inner {
                 dimension,
@@ -688,11 +685,21 @@ impl<'a> Reader<'a> {
 
 /// Rebuilds the state from the log. Returns it and the length of the valid
 /// prefix (shorter than the file when the last frame was torn).
-fn replay(path: &Path, bytes: &[u8], dimension: usize) -> Result<(State, u64), StoreError> {
-    if bytes.len() < HEADER_LEN as usize || &bytes[..16] != MAGIC {
+/// Replays the log frame by frame (streamed: the file is as large as the
+/// store, and holding it whole beside the state doubled the memory a start
+/// needed). Returns the state and the length of the intact prefix.
+fn replay(
+    path: &Path,
+    file: &File,
+    len: u64,
+    dimension: usize,
+) -> Result<(State, u64), StoreError> {
+    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; HEADER_LEN as usize];
+    if len < HEADER_LEN || input.read_exact(&mut header).is_err() || &header[..16] != MAGIC {
         return Err(storage(path, "is not a Lextral store log (bad header)"));
     }
-    let stored = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")) as usize;
+    let stored = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
     if stored != dimension {
         return Err(StoreError::DimensionMismatchInIndex {
             stored,
@@ -700,21 +707,38 @@ fn replay(path: &Path, bytes: &[u8], dimension: usize) -> Result<(State, u64), S
         });
     }
     let mut state = State::default();
-    let mut offset = HEADER_LEN as usize;
+    // Room for every record the file could hold, reserved once instead of
+    // growing by doubling (copies of gigabytes at 1M vectors). Untouched
+    // capacity costs no resident memory.
+    let most = usize::try_from(len).unwrap_or(usize::MAX) / (dimension * 4 + 52).max(1);
+    state.vectors.reserve_exact(most * dimension);
+    state
+        .codes
+        .reserve_exact(most * quantized::words(dimension));
+    state.norms.reserve_exact(most);
+    state.clauses.reserve_exact(most);
+    state.by_hash.reserve(most);
+    state.by_id.reserve(most);
+    let read_error = |err: std::io::Error| storage(path, err);
+    let mut offset = HEADER_LEN;
+    let mut payload = Vec::new();
     let mut vector = vec![0f32; dimension];
-    while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        if rest.len() < 8 {
+    while offset < len {
+        let rest = len - offset;
+        if rest < 8 {
             break; // torn frame header
         }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        if rest.len() < 8 + len {
+        let mut frame = [0u8; 8];
+        input.read_exact(&mut frame).map_err(read_error)?;
+        let frame_len = u64::from(u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")));
+        let crc = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes"));
+        if rest < 8 + frame_len {
             break; // torn frame body
         }
-        let payload = &rest[8..8 + len];
-        let last = offset + 8 + len == bytes.len();
-        if crc32fast::hash(payload) != crc {
+        payload.resize(frame_len as usize, 0);
+        input.read_exact(&mut payload).map_err(read_error)?;
+        let last = offset + 8 + frame_len == len;
+        if crc32fast::hash(&payload) != crc {
             if last {
                 break; // torn while being written
             }
@@ -727,7 +751,7 @@ fn replay(path: &Path, bytes: &[u8], dimension: usize) -> Result<(State, u64), S
             ));
         }
         let malformed = || storage(path, format!("has a malformed record at byte {offset}"));
-        let mut reader = Reader { bytes: payload };
+        let mut reader = Reader { bytes: &payload };
         let kind = reader.take(1).ok_or_else(malformed)?[0];
         let count = reader.u32().ok_or_else(malformed)?;
         for _ in 0..count {
@@ -754,9 +778,9 @@ fn replay(path: &Path, bytes: &[u8], dimension: usize) -> Result<(State, u64), S
                 _ => return Err(malformed()),
             }
         }
-        offset += 8 + len;
+        offset += 8 + frame_len;
     }
-    Ok((state, offset as u64))
+    Ok((state, offset))
 }
 
 #[cfg(test)]
