@@ -181,6 +181,8 @@ pub async fn run(target: Target) -> anyhow::Result<()> {
             .await
         }
         Target::Retriever(args) => {
+            // A store misconfiguration is reported before any port is taken.
+            args.config.store_kind()?;
             start_metrics(&args.metrics, &token).await?;
             let listener = bind(&args.grpc).await?;
             tracing::info!(addr = %listener.local_addr()?, "retriever gRPC listening");
