@@ -39,8 +39,6 @@ pub fn code(vector: &[f32]) -> Vec<u64> {
 
 /// Rows scanned per parallel task.
 const ROWS_PER_TASK: usize = 16_384;
-/// Marks a row the filters exclude (no real distance reaches it).
-const EXCLUDED: u16 = u16::MAX;
 
 /// A filter on row numbers; `None` accepts every row.
 pub type RowFilter<'a> = Option<&'a (dyn Fn(usize) -> bool + Sync)>;
@@ -86,10 +84,7 @@ pub fn nearest_rows(
             .collect();
         let passed: usize = survivors.iter().map(Vec::len).sum();
         if passed >= candidates || cut >= widest {
-            return best_of(survivors.into_iter().flatten(), widest + 1, candidates)
-                .into_iter()
-                .map(|(_, row)| row)
-                .collect();
+            return best_of(survivors.into_iter().flatten(), widest + 1, candidates);
         }
         cut = (cut + cut / 2 + 8).min(widest);
     }
@@ -111,16 +106,15 @@ fn estimate_cut(codes: &[u64], query: &[u64], candidates: usize, wanted: RowFilt
     }
     let spacing = rows / SAMPLE_RUNS;
     let mut histogram = vec![0usize; widest + 1];
-    let mut distances = vec![EXCLUDED; SAMPLE_RUN];
+    let mut sample = Vec::with_capacity(SAMPLE_RUN);
     for run in 0..SAMPLE_RUNS {
         let first = run * spacing;
-        distances.fill(EXCLUDED);
         let block = &codes[first * words..(first + SAMPLE_RUN) * words];
-        hamming_block(block, query, first, wanted, &mut distances);
-        for &d in &distances {
-            if d != EXCLUDED {
-                histogram[usize::from(d)] += 1;
-            }
+        // The scan itself, with no cut: every wanted row of the run.
+        sample.clear();
+        scan_block(block, query, first, wanted, widest as u16, &mut sample);
+        for &(d, _) in &sample {
+            histogram[usize::from(d)] += 1;
         }
     }
     // The sample is rows / (SAMPLE_RUN × SAMPLE_RUNS) times thinner.
@@ -137,6 +131,8 @@ fn estimate_cut(codes: &[u64], query: &[u64], candidates: usize, wanted: RowFilt
 }
 
 /// Pushes `(distance, row)` for each wanted row of `codes` within `cut`.
+/// Uses the POPCNT instruction where the CPU has it: the portable
+/// `count_ones` is several times slower and this is the whole scan.
 #[allow(unsafe_code)]
 fn scan_block(
     codes: &[u64],
@@ -195,18 +191,16 @@ fn distance(code: &[u64], query: &[u64]) -> u16 {
 }
 
 /// The best `candidates` of `(distance, row)` pairs given in row order
-/// (smaller distance first, then lower row), kept in row order; excluded
-/// rows are dropped. Counting sort: distances are small integers.
+/// (smaller distance first, then lower row): their rows, in row order.
+/// Counting sort: distances are small integers.
 fn best_of(
     pairs: impl Iterator<Item = (u16, usize)> + Clone,
     bins: usize,
     candidates: usize,
-) -> Vec<(u16, usize)> {
+) -> Vec<usize> {
     let mut histogram = vec![0usize; bins];
     for (d, _) in pairs.clone() {
-        if d != EXCLUDED {
-            histogram[usize::from(d)] += 1;
-        }
+        histogram[usize::from(d)] += 1;
     }
     // The cut: every pair closer than `cut`, then pairs at `cut` up to the count.
     let mut below = 0usize;
@@ -218,70 +212,15 @@ fn best_of(
     let mut at_cut = candidates - below;
     let mut out = Vec::with_capacity(candidates.min(below + at_cut));
     for (d, row) in pairs {
-        if d == EXCLUDED {
-            continue;
-        }
         let distance = usize::from(d);
         if distance < cut {
-            out.push((d, row));
+            out.push(row);
         } else if distance == cut && at_cut > 0 {
-            out.push((d, row));
+            out.push(row);
             at_cut -= 1;
         }
     }
     out
-}
-
-/// Hamming distances of a block of codes to `query` (left EXCLUDED for rows
-/// the filter rejects). Uses the POPCNT instruction where the CPU has it: the
-/// portable `count_ones` is several times slower and this is the whole scan.
-#[allow(unsafe_code)]
-fn hamming_block(
-    codes: &[u64],
-    query: &[u64],
-    first_row: usize,
-    wanted: RowFilter<'_>,
-    out: &mut [u16],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("popcnt") {
-        // SAFETY: the CPU supports POPCNT (checked just above).
-        unsafe { hamming_block_popcnt(codes, query, first_row, wanted, out) };
-        return;
-    }
-    hamming_block_portable(codes, query, first_row, wanted, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt")]
-#[allow(unsafe_code)]
-unsafe fn hamming_block_popcnt(
-    codes: &[u64],
-    query: &[u64],
-    first_row: usize,
-    wanted: RowFilter<'_>,
-    out: &mut [u16],
-) {
-    hamming_block_portable(codes, query, first_row, wanted, out);
-}
-
-#[inline(always)]
-fn hamming_block_portable(
-    codes: &[u64],
-    query: &[u64],
-    first_row: usize,
-    wanted: RowFilter<'_>,
-    out: &mut [u16],
-) {
-    for (offset, (slot, code)) in out
-        .iter_mut()
-        .zip(codes.chunks_exact(query.len()))
-        .enumerate()
-    {
-        if wanted.is_none_or(|wanted| wanted(first_row + offset)) {
-            *slot = distance(code, query);
-        }
-    }
 }
 
 #[cfg(test)]
