@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|retriever-embedded|stack|all [options]
+# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|all [options]
 #   embed:     our embedder and sentence-transformers/PyTorch on the same 1,000
 #              clauses, same threads, in one run; prints both and their ratio
 #              (options go to bench/embed_vs_pytorch.py).
-#   retriever: pgvector at 1M vectors: bulk load, HNSW build, recall@10 and
+#   retriever: pgvector at 1M vectors searched through its HNSW index
+#              (--pg-search hnsw): bulk load, HNSW build, recall@10 and
 #              latency against ef_search, plot (options go to `lextral bench
 #              retriever`, e.g. --vectors 100000). Uses its own PostgreSQL
 #              instance `bench` (shared_buffers 4 GB) unless
 #              LEXTRAL_BENCH_DATABASE_URL names a server. ~25 min, ~8 GB disk.
+#   retriever-codes: the same pgvector table searched through the
+#              retriever's in-memory mirror (--pg-search codes): load, mirror
+#              load, recall and latency against ef_search; no index build.
+#              ~5 min.
 #   retriever-embedded: the same 1M vectors in the embedded store (no
 #              server; one-bit codes + exact re-scoring): load, reopen,
 #              recall and latency against ef_search. ~3 min, 1.6 GB disk,
@@ -62,7 +67,8 @@ run_embed() {
 }
 
 run_retriever() {
-  local lextral url
+  local out="$1" lextral url
+  shift
   lextral="$(build)"
   LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -1)"
   export LEXTRAL_EMBED_MODEL
@@ -76,8 +82,8 @@ run_retriever() {
   fi
   "$lextral" bench retriever --database-url "$url" --base "$DATA/unlabeled.jsonl" \
     --query-data "$DATA/validation.jsonl" --query-data "$DATA/train.jsonl" \
-    --out "$OUT/retriever" "$@"
-  echo "bench: report and plot in $OUT/retriever"
+    --out "$OUT/$out" "$@"
+  echo "bench: report and plot in $OUT/$out"
 }
 
 run_retriever_embedded() {
@@ -170,17 +176,19 @@ run_stack() {
 
 case "$what" in
   embed) run_embed "$@" ;;
-  retriever) run_retriever "$@" ;;
+  retriever) run_retriever retriever --pg-search hnsw "$@" ;;
+  retriever-codes) run_retriever retriever-codes --pg-search codes "$@" ;;
   retriever-embedded) run_retriever_embedded "$@" ;;
   stack) run_stack "$@" ;;
   all)
     run_embed
-    run_retriever
+    run_retriever retriever --pg-search hnsw
+    run_retriever retriever-codes --pg-search codes
     run_retriever_embedded
     run_stack
     ;;
   *)
-    echo "usage: bench/run.sh embed|retriever|retriever-embedded|stack|all [options]" >&2
+    echo "usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|all [options]" >&2
     exit 2
     ;;
 esac

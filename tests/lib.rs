@@ -145,13 +145,27 @@ pub fn fresh_embedded_store() -> String {
     format!("embedded:{}", dir.display())
 }
 
-/// The retriever settings for a store target: a PostgreSQL URL, or
-/// `embedded:<dir>` from [`fresh_embedded_store`].
+/// The same database searched through pgvector's HNSW index alone
+/// (`--pg-search hnsw`; a plain URL gets the default, the in-memory
+/// mirror): a store target for [`start_stack`].
+pub fn with_hnsw(database_url: &str) -> String {
+    format!("hnsw:{database_url}")
+}
+
+/// The retriever settings for a store target: a PostgreSQL URL,
+/// `hnsw:<URL>` from [`with_hnsw`], or `embedded:<dir>` from
+/// [`fresh_embedded_store`].
 pub fn retriever_config(store: &str) -> RetrieverConfig {
-    match store.strip_prefix("embedded:") {
-        Some(dir) => RetrieverConfig::embedded(dir),
-        None => RetrieverConfig::with_database_url(store),
+    if let Some(dir) = store.strip_prefix("embedded:") {
+        return RetrieverConfig::embedded(dir);
     }
+    if let Some(url) = store.strip_prefix("hnsw:") {
+        return RetrieverConfig {
+            pg_search: lextral_retriever::PgSearch::Hnsw,
+            ..RetrieverConfig::with_database_url(url)
+        };
+    }
+    RetrieverConfig::with_database_url(store)
 }
 
 /// A second, disposable PostgreSQL server this test may stop and start.

@@ -2,7 +2,7 @@
 //! JSON body) and never changes stored data.
 
 use lextral_integration_tests::{
-    fresh_database, fresh_embedded_store, post_classify as post, start_stack, Stack,
+    fresh_database, fresh_embedded_store, post_classify as post, start_stack, with_hnsw, Stack,
 };
 use lextral_proto::v1::embedder_service_client::EmbedderServiceClient;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
@@ -103,6 +103,11 @@ async fn rest_rejects_bad_requests_with_json_errors() {
 #[tokio::test]
 async fn grpc_rejects_bad_requests_and_keeps_data_intact_pgvector() {
     grpc_rejects_bad_requests_and_keeps_data_intact(&fresh_database().await).await;
+}
+
+#[tokio::test]
+async fn grpc_rejects_bad_requests_and_keeps_data_intact_pgvector_hnsw() {
+    grpc_rejects_bad_requests_and_keeps_data_intact(&with_hnsw(&fresh_database().await)).await;
 }
 
 #[tokio::test]

@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use lextral_integration_tests::{
-    fresh_database, fresh_database_on, fresh_embedded_store, start_stack, DisposableServer, Stack,
+    fresh_database, fresh_database_on, fresh_embedded_store, retriever_config, start_stack,
+    with_hnsw, DisposableServer, Stack,
 };
 use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
 use lextral_proto::v1::{
     DeleteRequest, QueryVector, SearchRequest, StatsRequest, UpsertRecord, UpsertRequest,
 };
+use lextral_retriever::store::{content_hash, NewClause, SearchParams};
+use lextral_retriever::Store;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -37,6 +40,11 @@ fn record(seed: usize, label: &str, split: &str) -> UpsertRecord {
 #[tokio::test]
 async fn pgvector_search_filters_thresholds_and_deletes() {
     search_filters_thresholds_and_deletes(&fresh_database().await).await;
+}
+
+#[tokio::test]
+async fn pgvector_hnsw_search_filters_thresholds_and_deletes() {
+    search_filters_thresholds_and_deletes(&with_hnsw(&fresh_database().await)).await;
 }
 
 #[tokio::test]
@@ -144,6 +152,115 @@ async fn search_filters_thresholds_and_deletes(store: &str) {
     assert_eq!(stats.dimension, 384);
     assert!(stats.labels.iter().all(|c| c.split == "train"));
     stack.shutdown().await;
+}
+
+fn clause(seed: usize, label: &str, split: &str) -> NewClause {
+    NewClause {
+        text: format!("clause {seed}"),
+        label: label.into(),
+        split: split.into(),
+        embedding: unit(seed),
+    }
+}
+
+/// The nearest clause's (text, label) for `unit(seed)` within `labels`.
+async fn nearest(store: &Store, seed: usize, labels: &[&str]) -> Option<(String, String)> {
+    let params = SearchParams {
+        k: 3,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        ..Default::default()
+    };
+    let hits = store.search(vec![unit(seed)], &params).await.unwrap();
+    hits[0].first().map(|hit| {
+        assert!(hit.similarity <= 1.0 + 1e-5);
+        (hit.text.clone(), hit.label.clone())
+    })
+}
+
+/// `--pg-search codes` (the default): a replica's mirror sees, at its next search, every
+/// write committed before it — through another replica or plain SQL,
+/// including relabels, deletes and a TRUNCATE.
+#[tokio::test]
+async fn codes_mirror_follows_writes_from_any_writer() {
+    let database = fresh_database().await;
+    let writer = Store::connect(&retriever_config(&with_hnsw(&database))).unwrap();
+    writer.ensure_ready().await.unwrap();
+    writer
+        .upsert((0..20).map(|i| clause(i, "A", "train")).collect())
+        .await
+        .unwrap();
+    let reader = Store::connect(&retriever_config(&database)).unwrap();
+    reader.ensure_ready().await.unwrap();
+    let Store::Postgres(pg) = &reader else {
+        panic!("codes runs on PostgreSQL")
+    };
+    assert_eq!(pg.mirror().expect("codes keeps a mirror").len(), 20);
+    let found = |text: &str, label: &str| Some((text.to_owned(), label.to_owned()));
+    assert_eq!(nearest(&reader, 4, &[]).await, found("clause 4", "A"));
+
+    // Another replica's insert, relabel and deletes.
+    writer
+        .upsert(vec![clause(25, "B", "train"), clause(3, "C", "train")])
+        .await
+        .unwrap();
+    assert_eq!(nearest(&reader, 25, &[]).await, found("clause 25", "B"));
+    assert_eq!(nearest(&reader, 3, &["C"]).await, found("clause 3", "C"));
+    let stats = writer.stats().await.unwrap();
+    assert_eq!(stats.total, 21);
+    let id_of_4 = reader
+        .search(
+            vec![unit(4)],
+            &SearchParams {
+                k: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()[0][0]
+        .id;
+    writer.delete(&[id_of_4.to_string()], &[]).await.unwrap();
+    assert_ne!(nearest(&reader, 4, &[]).await, found("clause 4", "A"));
+    assert_eq!(pg.mirror().unwrap().len(), 20);
+
+    // Plain SQL, outside the retriever.
+    let (sql, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sql.execute(
+        "INSERT INTO lextral_clauses (split, label, text, content_hash, embedding)
+         VALUES ('train', 'D', 'clause 40', $1, $2)",
+        &[
+            &content_hash("train", "clause 40"),
+            &pgvector::Vector::from(unit(40)),
+        ],
+    )
+    .await
+    .unwrap();
+    sql.execute(
+        "UPDATE lextral_clauses SET label = 'E' WHERE text = 'clause 7'",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(nearest(&reader, 40, &[]).await, found("clause 40", "D"));
+    assert_eq!(nearest(&reader, 7, &["E"]).await, found("clause 7", "E"));
+    assert_ne!(
+        nearest(&reader, 7, &["A"]).await.map(|f| f.0),
+        Some("clause 7".into())
+    );
+    sql.execute("DELETE FROM lextral_clauses WHERE label = 'A'", &[])
+        .await
+        .unwrap();
+    assert_eq!(pg.mirror().unwrap().len(), 21);
+    assert_eq!(nearest(&reader, 10, &["A"]).await, None);
+    assert_eq!(pg.mirror().unwrap().len(), 4);
+
+    sql.batch_execute("TRUNCATE lextral_clauses").await.unwrap();
+    assert_eq!(nearest(&reader, 25, &[]).await, None);
+    writer.upsert(vec![clause(30, "F", "train")]).await.unwrap();
+    assert_eq!(nearest(&reader, 30, &[]).await, found("clause 30", "F"));
+    assert_eq!(pg.mirror().unwrap().len(), 1);
 }
 
 async fn health(url: String) -> ServingStatus {

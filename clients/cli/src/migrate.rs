@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use lextral_retriever::{RetrieverConfig, Store, StoreKind};
+use lextral_retriever::{PgSearch, RetrieverConfig, Store, StoreKind};
 
 /// `lextral migrate`.
 #[derive(Args)]
@@ -39,6 +39,8 @@ pub async fn run(mut args: MigrateArgs) -> anyhow::Result<()> {
         anyhow::bail!("migrate is for the PostgreSQL store (--store postgres)");
     }
     args.config.store = StoreKind::Postgres;
+    // Migrating needs no search mirror (it would load every clause).
+    args.config.pg_search = PgSearch::Hnsw;
     let store = Store::connect(&args.config)?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_s);
     loop {

@@ -47,7 +47,7 @@ async fn bench_retriever_loads_indexes_and_measures_recall_in_its_own_database()
     let out = dir.path().join("out");
     // Named like the test databases so `dev-db.sh drop-test-databases` clears it.
     let bench_db = format!("lextral_test_bench_{}", std::process::id());
-    let args = |reuse: bool| {
+    let args = |reuse: bool, search: &[&str]| {
         let mut args = vec![
             "bench",
             "retriever",
@@ -63,8 +63,6 @@ async fn bench_retriever_loads_indexes_and_measures_recall_in_its_own_database()
             "3000",
             "--queries",
             "12",
-            "--ef-search",
-            "10,40,400",
             "--batch",
             "700",
             "--maintenance-work-mem-mb",
@@ -76,6 +74,7 @@ async fn bench_retriever_loads_indexes_and_measures_recall_in_its_own_database()
             "--json",
         ]
         .into_iter()
+        .chain(search.iter().copied())
         .map(str::to_owned)
         .collect::<Vec<_>>();
         if reuse {
@@ -83,7 +82,8 @@ async fn bench_retriever_loads_indexes_and_measures_recall_in_its_own_database()
         }
         args
     };
-    let first_args = args(false);
+    let hnsw = ["--pg-search", "hnsw", "--ef-search", "10,40,400"];
+    let first_args = args(false, &hnsw);
     let first = run_json(&first_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(first["vectors"], 3000);
     assert_eq!(first["real_vectors"], 40);
@@ -112,11 +112,39 @@ async fn bench_retriever_loads_indexes_and_measures_recall_in_its_own_database()
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
 
     // --reuse keeps the loaded table and its recorded load and build.
-    let second_args = args(true);
+    let second_args = args(true, &hnsw);
     let second = run_json(&second_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(second["reused"], true);
     assert_eq!(second["load"], first["load"]);
     assert_eq!(second["build"], first["build"]);
+
+    // The same table through the search mirror (the service's default):
+    // no index build, the mirror's load timed, codes past --exact-max-rows.
+    let codes = [
+        "--pg-search",
+        "codes",
+        "--exact-max-rows",
+        "1000",
+        "--ef-search",
+        "1,40,100",
+    ];
+    let third_args = args(true, &codes);
+    let third = run_json(&third_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(third["pg_search"], "codes");
+    assert_eq!(third["reused"], true);
+    assert!(third["build"].is_null(), "codes builds no index");
+    assert!(third["mirror_load_seconds"].as_f64().unwrap() > 0.0);
+    // 3,000 rows × (384 int8 + 48 code bytes + ids): about 1.3 MiB.
+    let mirror_mib = third["mirror_mib"].as_f64().unwrap();
+    assert!((1.0..4.0).contains(&mirror_mib), "{mirror_mib}");
+    let sweep = third["sweep"].as_array().unwrap();
+    let recall = |i: usize| sweep[i]["recall_at_k"].as_f64().unwrap();
+    // 30 candidates out of 3,000 miss neighbours; 1,200 find nearly all,
+    // and 3,000 (every row) are re-ranked exactly.
+    assert!(recall(1) >= 0.9, "recall at ef 40: {sweep:?}");
+    assert!(recall(1) >= recall(0), "{sweep:?}");
+    assert_eq!(recall(2), 1.0, "{sweep:?}");
+    assert_eq!(third["at_default"]["ef_search"], 100);
 
     // The database the URL names was not touched.
     let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)

@@ -568,7 +568,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// The k best (similarity, row) pairs; ties go to the lower id, so results
 /// do not depend on how rows were split across tasks.
-struct TopK {
+pub(crate) struct TopK {
     k: usize,
     // Min-heap on (similarity, -id): the root is the worst kept.
     heap: BinaryHeap<std::cmp::Reverse<Ranked>>,
@@ -598,14 +598,14 @@ impl Ord for Ranked {
 }
 
 impl TopK {
-    fn new(k: usize) -> Self {
+    pub(crate) fn new(k: usize) -> Self {
         Self {
             k,
             heap: BinaryHeap::with_capacity(k + 1),
         }
     }
 
-    fn offer(&mut self, similarity: f32, id: i64, row: usize) {
+    pub(crate) fn offer(&mut self, similarity: f32, id: i64, row: usize) {
         let candidate = Ranked {
             similarity,
             id,
@@ -619,14 +619,14 @@ impl TopK {
         }
     }
 
-    fn merge(mut self, other: Self) -> Self {
+    pub(crate) fn merge(mut self, other: Self) -> Self {
         for std::cmp::Reverse(r) in other.heap {
             self.offer(r.similarity, r.id, r.row);
         }
         self
     }
 
-    fn into_sorted(self) -> Vec<(f32, usize)> {
+    pub(crate) fn into_sorted(self) -> Vec<(f32, usize)> {
         let mut all: Vec<Ranked> = self.heap.into_iter().map(|r| r.0).collect();
         all.sort_by(|a, b| b.cmp(a));
         all.into_iter().map(|r| (r.similarity, r.row)).collect()

@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod error;
 pub mod grpc;
 pub mod migrations;
+pub mod mirror;
 pub mod pg;
 pub mod quantized;
 pub mod store;
@@ -19,6 +20,7 @@ use lextral_common::server::{serve_grpc, GrpcRoutes};
 use lextral_proto::v1::retriever_service_server::RetrieverServiceServer;
 use tokio::net::TcpListener;
 
+pub use config::PgSearch;
 pub use config::RetrieverConfig;
 pub use config::StoreKind;
 pub use error::StoreError;

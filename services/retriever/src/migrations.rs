@@ -15,6 +15,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "plain_vectors",
         include_str!("../migrations/0003_plain_vectors.sql"),
     ),
+    (
+        4,
+        "change_feed",
+        include_str!("../migrations/0004_change_feed.sql"),
+    ),
 ];
 
 /// Arbitrary key shared by every retriever for `pg_advisory_xact_lock`.

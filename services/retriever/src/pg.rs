@@ -1,9 +1,11 @@
 //! The pgvector store: pooled connections, atomic batch upserts through binary
-//! COPY, and filtered HNSW searches.
+//! COPY, and filtered searches through the HNSW index or an in-memory mirror
+//! (`--pg-search codes`, see [`crate::mirror`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::{pin_mut, TryFutureExt};
@@ -12,9 +14,11 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
-use crate::config::RetrieverConfig;
+use crate::config::{PgSearch, RetrieverConfig};
+use crate::embedded::SearchTuning;
 use crate::error::StoreError;
 use crate::migrations;
+use crate::mirror::Mirror;
 use crate::store::{
     content_hash, split_or_default, Hit, NewClause, SearchParams, Stats, UpsertOutcome,
 };
@@ -24,6 +28,8 @@ pub struct PgStore {
     pool: Pool,
     config: RetrieverConfig,
     ready: AtomicBool,
+    /// Present with `--pg-search codes`.
+    mirror: Option<Arc<Mirror>>,
 }
 
 impl PgStore {
@@ -50,10 +56,20 @@ impl PgStore {
             .recycle_timeout(Some(config.connect_timeout()))
             .build()
             .map_err(|err| StoreError::Database(err.to_string()))?;
+        let mirror = (config.pg_search == PgSearch::Codes).then(|| {
+            Mirror::new(
+                config.dimension,
+                SearchTuning {
+                    ef_search: config.ef_search,
+                    exact_max_rows: config.exact_max_rows,
+                },
+            )
+        });
         Ok(Self {
             pool,
             config: config.clone(),
             ready: AtomicBool::new(false),
+            mirror,
         })
     }
 
@@ -62,10 +78,22 @@ impl PgStore {
         self.config.dimension
     }
 
-    /// Migrates once, then checks the database answers. Called at start and
-    /// by the health loop.
+    /// The search mirror, with `--pg-search codes`.
+    pub fn mirror(&self) -> Option<&Mirror> {
+        self.mirror.as_deref()
+    }
+
+    /// Migrates once, then checks the database answers (and brings the
+    /// search mirror up to date, loading it the first time, so a replica
+    /// reports serving only once it can search). Called at start and by the
+    /// health loop.
     pub async fn ensure_ready(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
+        if let Some(mirror) = &self.mirror {
+            if self.ready.load(Ordering::Acquire) {
+                return mirror.follow(&mut client).await;
+            }
+        }
         if !self.ready.load(Ordering::Acquire) {
             migrations::migrate(&mut client, &self.config).await?;
             let stored = migrations::stored_dimension(&client).await?;
@@ -76,6 +104,9 @@ impl PgStore {
                 });
             }
             self.ready.store(true, Ordering::Release);
+            if let Some(mirror) = &self.mirror {
+                mirror.follow(&mut client).await?;
+            }
         } else {
             client.simple_query("SELECT 1").await?;
         }
@@ -180,6 +211,9 @@ impl PgStore {
         queries: Vec<Vec<f32>>,
         params: &SearchParams,
     ) -> Result<Vec<Vec<Hit>>, StoreError> {
+        if let Some(mirror) = &self.mirror {
+            return self.search_by_mirror(mirror, queries, params).await;
+        }
         let ef_search = params
             .ef_search
             .unwrap_or(self.config.ef_search)
@@ -221,26 +255,65 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
+        Ok(hits(results, params))
+    }
 
-        Ok(results
-            .into_iter()
-            .map(|rows| {
-                rows.iter()
-                    .map(|row| Hit {
-                        id: row.get(0),
-                        split: row.get(1),
-                        label: row.get(2),
-                        text: row.get(3),
-                        similarity: row.get(4),
-                    })
-                    .filter(|hit| {
-                        params
-                            .min_similarity
-                            .is_none_or(|min| hit.similarity >= min)
-                    })
-                    .collect()
+    /// The mirror picks candidates (after catching up with the table);
+    /// PostgreSQL re-ranks them exactly and returns their rows. A clause
+    /// deleted in between is simply not returned.
+    async fn search_by_mirror(
+        &self,
+        mirror: &Arc<Mirror>,
+        queries: Vec<Vec<f32>>,
+        params: &SearchParams,
+    ) -> Result<Vec<Vec<Hit>>, StoreError> {
+        let mut client = self.client().await?;
+        mirror.follow(&mut client).await?;
+        let (mirror_ref, picked_params) = (Arc::clone(mirror), params.clone());
+        let (vectors, picked) = tokio::task::spawn_blocking(move || {
+            let picked: Vec<Vec<i64>> = queries
+                .iter()
+                .map(|query| {
+                    mirror_ref.candidates(
+                        query,
+                        picked_params.k as usize,
+                        picked_params.ef_search,
+                        &picked_params.splits,
+                        &picked_params.labels,
+                    )
+                })
+                .collect();
+            let vectors: Vec<Vector> = queries.into_iter().map(Vector::from).collect();
+            (vectors, picked)
+        })
+        .await
+        .map_err(|err| StoreError::Database(format!("search task failed: {err}")))?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id, split, label, text, (1 - (embedding <=> $1))::real AS similarity
+                 FROM lextral_clauses
+                 WHERE id = ANY($2)
+                   AND (cardinality($3::text[]) = 0 OR split = ANY($3))
+                   AND (cardinality($4::text[]) = 0 OR label = ANY($4))
+                 ORDER BY embedding <=> $1, id
+                 LIMIT $5",
+            )
+            .await?;
+        let limit = i64::from(params.k);
+        let arguments: Vec<[&(dyn ToSql + Sync); 5]> = vectors
+            .iter()
+            .zip(&picked)
+            .map(|(vector, ids)| -> [&(dyn ToSql + Sync); 5] {
+                [vector, ids, &params.splits, &params.labels, &limit]
             })
-            .collect())
+            .collect();
+        let results = futures::future::try_join_all(
+            arguments
+                .iter()
+                .map(|args| client.query(&statement, args).map_err(StoreError::from)),
+        )
+        .await?;
+        Ok(hits(results, params))
     }
 
     /// Drops the HNSW index so that a large load writes only the table
@@ -309,4 +382,27 @@ impl PgStore {
             counts,
         })
     }
+}
+
+/// Result rows (id, split, label, text, similarity) as hits above the floor.
+fn hits(results: Vec<Vec<tokio_postgres::Row>>, params: &SearchParams) -> Vec<Vec<Hit>> {
+    results
+        .into_iter()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| Hit {
+                    id: row.get(0),
+                    split: row.get(1),
+                    label: row.get(2),
+                    text: row.get(3),
+                    similarity: row.get(4),
+                })
+                .filter(|hit| {
+                    params
+                        .min_similarity
+                        .is_none_or(|min| hit.similarity >= min)
+                })
+                .collect()
+        })
+        .collect()
 }

@@ -1,7 +1,8 @@
 //! `lextral bench retriever`: a store at scale. Real clause embeddings plus
 //! synthetic vectors drawn around them are loaded through the store's own
 //! upsert (pgvector: binary COPY, then the HNSW index is built once after the
-//! load; embedded: its fsynced log, codes kept as rows arrive), and recall@k
+//! load, or with `--pg-search codes` the search mirror is loaded instead;
+//! embedded: its fsynced log, codes kept as rows arrive), and recall@k
 //! against exact search and search latency are swept over `ef_search`.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use lextral_retriever::config::{
 };
 use lextral_retriever::embedded::dot;
 use lextral_retriever::store::{content_hash, NewClause, SearchParams};
-use lextral_retriever::{RetrieverConfig, Store};
+use lextral_retriever::{PgSearch, RetrieverConfig, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -61,7 +62,12 @@ pub struct RetrieverArgs {
     /// first [default: ~/.cache/lextral/bench/embedded-store].
     #[arg(long)]
     store_path: Option<PathBuf>,
-    /// Embedded store: largest store searched exactly.
+    /// `--store postgres`: search through the in-memory mirror of codes (the
+    /// service's default; no index build, the mirror's load is timed
+    /// instead), or through the HNSW index.
+    #[arg(long, value_enum, default_value_t = PgSearch::Codes)]
+    pg_search: PgSearch,
+    /// Embedded store and the codes mirror: largest store searched exactly.
     #[arg(long, default_value_t = DEFAULT_EXACT_MAX_ROWS)]
     exact_max_rows: usize,
     /// Database the benchmark creates (if absent) and empties.
@@ -164,6 +170,8 @@ struct SweepPoint {
 #[derive(Serialize)]
 struct RetrieverReport {
     store: BenchStore,
+    /// `--store postgres`: "hnsw" or "codes".
+    pg_search: Option<&'static str>,
     vectors: usize,
     real_vectors: usize,
     dimension: usize,
@@ -183,6 +191,10 @@ struct RetrieverReport {
     store_mib: Option<f64>,
     /// Embedded store (in this process): peak resident memory.
     peak_rss_mib: Option<f64>,
+    /// `--pg-search codes`: loading the search mirror from the table.
+    mirror_load_seconds: Option<f64>,
+    /// `--pg-search codes`: memory the mirror holds.
+    mirror_mib: Option<f64>,
     exact_search_seconds: f64,
     default_ef_search: u32,
     at_default: Option<SweepPoint>,
@@ -209,6 +221,7 @@ struct Prepared {
     server: Vec<(String, String)>,
     reopen_seconds: Option<f64>,
     store_mib: Option<f64>,
+    mirror_load_seconds: Option<f64>,
 }
 
 pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
@@ -280,6 +293,12 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
     drop(vectors);
 
     let sweep = sweep(&store, &queries, &truth, &args).await?;
+    let mirror_mib = match store.as_ref() {
+        Store::Postgres(pg) => pg
+            .mirror()
+            .map(|mirror| mirror.memory_bytes() as f64 / (1024.0 * 1024.0)),
+        Store::Embedded(_) => None,
+    };
     let peak_rss_mib = (args.store == BenchStore::Embedded).then(super::peak_rss_mb);
     let at_default = sweep
         .iter()
@@ -287,6 +306,10 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
         .cloned();
     let report = RetrieverReport {
         store: args.store,
+        pg_search: (args.store == BenchStore::Postgres).then_some(match args.pg_search {
+            PgSearch::Hnsw => "hnsw",
+            PgSearch::Codes => "codes",
+        }),
         vectors: args.vectors,
         real_vectors: base.len(),
         dimension: dim,
@@ -302,6 +325,8 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
         reopen_seconds: prepared.reopen_seconds,
         store_mib: prepared.store_mib,
         peak_rss_mib,
+        mirror_load_seconds: prepared.mirror_load_seconds,
+        mirror_mib,
         exact_search_seconds,
         default_ef_search: DEFAULT_EF_SEARCH,
         at_default,
@@ -345,7 +370,9 @@ pub async fn run(args: RetrieverArgs) -> anyhow::Result<()> {
 }
 
 /// pgvector in its own database: emptied, loaded with the HNSW index
-/// dropped, then indexed once (or reused when it holds this data set).
+/// dropped, then indexed once (or reused when it holds this data set). With
+/// `--pg-search codes` no index is built; a second store loads its search
+/// mirror from the table, as a starting replica would.
 async fn prepare_postgres(
     args: &RetrieverArgs,
     bench_url: String,
@@ -355,6 +382,9 @@ async fn prepare_postgres(
     fingerprint: &str,
 ) -> anyhow::Result<Prepared> {
     let mut config = RetrieverConfig::with_database_url(bench_url.clone());
+    // The load goes through a store without a mirror (it would first load
+    // the table's previous contents).
+    config.pg_search = PgSearch::Hnsw;
     config.dimension = dim;
     config.hnsw_m = args.hnsw_m;
     config.hnsw_ef_construction = args.hnsw_ef_construction;
@@ -386,11 +416,11 @@ async fn prepare_postgres(
         )
         .await?
         .get(0);
+    let codes = args.pg_search == PgSearch::Codes;
     let reused = args.reuse
-        && index_exists
-        && previous
-            .as_ref()
-            .is_some_and(|p| p.fingerprint == fingerprint && p.build.is_some());
+        && previous.as_ref().is_some_and(|p| {
+            p.fingerprint == fingerprint && (codes || (index_exists && p.build.is_some()))
+        });
     if args.reuse && !reused {
         eprintln!("--reuse: the bench database does not hold this data set; loading it");
     }
@@ -403,7 +433,11 @@ async fn prepare_postgres(
             .await?;
         pg.drop_ann_index().await?;
         let (load, _) = load_rows(&store, vectors, dim, texts, args).await?;
-        let build = Some(build_index(pg, &client, args).await?);
+        let build = if codes {
+            None
+        } else {
+            Some(build_index(pg, &client, args).await?)
+        };
         let loaded = Loaded {
             fingerprint: fingerprint.to_owned(),
             load: load.clone(),
@@ -421,6 +455,19 @@ async fn prepare_postgres(
     // all but the first).
     let ids = stored_ids(&client, texts).await?;
     let server = server_settings(&client).await?;
+    // A reused table's HNSW build is not what codes searches with.
+    let build = if codes { None } else { build };
+    let (store, mirror_load_seconds) = if codes {
+        drop(store);
+        config.pg_search = PgSearch::Codes;
+        config.exact_max_rows = args.exact_max_rows;
+        let store = Arc::new(Store::connect(&config)?);
+        let started = Instant::now();
+        store.ensure_ready().await?;
+        (store, Some(started.elapsed().as_secs_f64()))
+    } else {
+        (store, None)
+    };
     Ok(Prepared {
         store,
         load,
@@ -430,6 +477,7 @@ async fn prepare_postgres(
         server,
         reopen_seconds: None,
         store_mib: None,
+        mirror_load_seconds,
     })
 }
 
@@ -520,12 +568,17 @@ async fn prepare_embedded(
         server: Vec::new(),
         reopen_seconds: Some(reopen_seconds),
         store_mib,
+        mirror_load_seconds: None,
     })
 }
 
 /// What the plot and the summary call the measured store.
 fn store_title(report: &RetrieverReport) -> String {
     match report.store {
+        BenchStore::Postgres if report.pg_search == Some("codes") => format!(
+            "pgvector + in-memory mirror (1-bit codes, int8 re-score of {}×ef_search, exact re-rank in PostgreSQL)",
+            lextral_retriever::embedded::RERANK_PER_EF_SEARCH
+        ),
         BenchStore::Postgres => format!(
             "pgvector HNSW m={}, ef_construction={}",
             report.hnsw_m, report.hnsw_ef_construction
@@ -560,6 +613,9 @@ fn print_report(report: &RetrieverReport) {
             "store file {mib:.0} MiB, reopened in {reopen:.1} s, peak resident memory {:.0} MiB",
             report.peak_rss_mib.unwrap_or(f64::NAN)
         );
+    }
+    if let (Some(seconds), Some(mib)) = (report.mirror_load_seconds, report.mirror_mib) {
+        println!("search mirror loaded in {seconds:.1} s, holds {mib:.0} MiB");
     }
     println!(
         "{} queries, k={}: exact search {:.1} s",
