@@ -205,6 +205,39 @@ async fn codes_mirror_follows_writes_from_any_writer() {
         .unwrap();
     assert_eq!(nearest(&reader, 25, &[]).await, found("clause 25", "B"));
     assert_eq!(nearest(&reader, 3, &["C"]).await, found("clause 3", "C"));
+    // Concurrent searches share checks of the table, but none that began
+    // before a write it must see.
+    for round in 0..3 {
+        let seed = 50 + round;
+        writer
+            .upsert(vec![clause(seed, "G", "train")])
+            .await
+            .unwrap();
+        let searches = (0..16).map(|_| nearest(&reader, seed, &[]));
+        for answer in futures::future::join_all(searches).await {
+            assert_eq!(answer, found(&format!("clause {seed}"), "G"));
+        }
+    }
+    writer
+        .delete(&[], &[])
+        .await
+        .expect_err("a delete naming nothing is refused");
+    let stats = writer.stats().await.unwrap();
+    assert_eq!(stats.total, 24);
+    for seed in 50..53 {
+        let id = reader
+            .search(
+                vec![unit(seed)],
+                &SearchParams {
+                    k: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()[0][0]
+            .id;
+        writer.delete(&[id.to_string()], &[]).await.unwrap();
+    }
     let stats = writer.stats().await.unwrap();
     assert_eq!(stats.total, 21);
     let id_of_4 = reader

@@ -15,7 +15,8 @@
 //! inserted or updated row carries a version, each delete is logged with one,
 //! and writers draw versions in commit order. Before every search the mirror
 //! applies what changed since the version it last saw (usually nothing: one
-//! indexed `max()` query), so a replica answers with every write committed
+//! indexed `max()` query, shared by searches that queue behind it), so a
+//! replica answers with every write committed
 //! before the search began, whichever replica or tool made it.
 
 use std::collections::HashMap;
@@ -209,9 +210,10 @@ pub struct Mirror {
     dimension: usize,
     tuning: SearchTuning,
     state: RwLock<State>,
-    /// One follower at a time; searches that arrive meanwhile wait for it and
-    /// then find nothing left to apply.
-    following: tokio::sync::Mutex<()>,
+    /// One follower at a time. Holds when the last successful check of the
+    /// table began: a search that waited while a check which began after
+    /// the search arrived ran has nothing left to apply and skips its own.
+    following: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Mirror {
@@ -221,7 +223,7 @@ impl Mirror {
             dimension,
             tuning,
             state: RwLock::new(State::default()),
-            following: tokio::sync::Mutex::new(()),
+            following: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -260,16 +262,21 @@ impl Mirror {
     /// the first call or after a TRUNCATE, else the changed rows and the
     /// deleted ids.
     pub async fn follow(&self, client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
-        let _turn = self.following.lock().await;
+        let asked = Instant::now();
+        let mut last_check = self.following.lock().await;
+        if last_check.is_some_and(|began| began >= asked) {
+            return Ok(());
+        }
+        let began = Instant::now();
         let known = self.read().version;
         // Prepared once per pooled connection: planning this query each time
         // cost more than running it.
         let latest_statement = client.prepare_cached(LATEST_SQL).await?;
         let latest: i64 = client.query_one(&latest_statement, &[]).await?.get(0);
         if known == Some(latest) {
+            *last_check = Some(began);
             return Ok(());
         }
-        let started = Instant::now();
         // One snapshot for the version and the rows, so none is seen twice
         // or missed.
         let tx = client
@@ -360,6 +367,7 @@ impl Mirror {
             state.version = Some(latest);
             state.ids.len()
         };
+        *last_check = Some(began);
         metrics::gauge!("lextral_retriever_mirror_clauses").set(held as f64);
         if reload || changed > APPLY_CHUNK {
             tracing::info!(
@@ -368,7 +376,7 @@ impl Mirror {
                 deleted = deleted.len(),
                 held,
                 version = latest,
-                seconds = started.elapsed().as_secs_f64(),
+                seconds = began.elapsed().as_secs_f64(),
                 "search mirror followed the clause table"
             );
         }
