@@ -332,7 +332,7 @@ pub fn recall_vs_ef_search(
     root.fill(&WHITE)?;
     let (title, body) = root.split_vertically(70);
     title.draw(&Text::new(
-        "Recall and latency against hnsw.ef_search",
+        "Recall and latency against ef_search",
         (700, 10),
         text_style(26.0, HPos::Center, VPos::Top),
     ))?;
