@@ -28,7 +28,7 @@ use pgvector::Vector;
 use rayon::prelude::*;
 use tokio_postgres::IsolationLevel;
 
-use crate::embedded::{SearchTuning, TopK, RERANK_PER_EF_SEARCH};
+use crate::embedded::{dot, SearchTuning, TopK, RERANK_PER_EF_SEARCH};
 use crate::error::StoreError;
 use crate::quantized;
 
@@ -182,12 +182,7 @@ impl State {
     /// Approximate cosine of `query` (norm `query_norm`) with `row`.
     fn similarity(&self, query: &[f32], query_norm: f32, row: usize) -> f32 {
         let dim = query.len();
-        let stored = &self.vectors[row * dim..(row + 1) * dim];
-        let dot: f32 = query
-            .iter()
-            .zip(stored)
-            .map(|(q, s)| q * f32::from(*s))
-            .sum();
+        let dot = dot(query, &self.vectors[row * dim..(row + 1) * dim]);
         let denominator = query_norm * self.norms[row];
         if denominator > 0.0 {
             dot * self.scales[row] / denominator
