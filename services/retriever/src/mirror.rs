@@ -42,8 +42,8 @@ const APPLY_CHUNK: usize = 8192;
 const ROWS_PER_TASK: usize = 256;
 
 /// Rows PostgreSQL re-ranks exactly for `k` neighbours: int8 similarities
-/// differ from exact ones by about 0.001, so a margin past k keeps the true
-/// top k among them.
+/// differ from exact ones by a few thousandths at most, so a margin past k
+/// keeps the true top k among them.
 pub fn exact_pool(k: usize) -> usize {
     (4 * k).max(k + 40)
 }
