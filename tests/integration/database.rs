@@ -289,6 +289,17 @@ async fn codes_mirror_follows_writes_from_any_writer() {
     assert_eq!(nearest(&reader, 10, &["A"]).await, None);
     assert_eq!(pg.mirror().unwrap().len(), 4);
 
+    // A delete by split through the other replica.
+    writer
+        .upsert(vec![clause(60, "H", "validation")])
+        .await
+        .unwrap();
+    assert_eq!(nearest(&reader, 60, &[]).await, found("clause 60", "H"));
+    let deleted = writer.delete(&[], &["validation".into()]).await.unwrap();
+    assert_eq!(deleted, 1);
+    assert_ne!(nearest(&reader, 60, &[]).await, found("clause 60", "H"));
+    assert_eq!(pg.mirror().unwrap().len(), 4);
+
     sql.batch_execute("TRUNCATE lextral_clauses").await.unwrap();
     assert_eq!(nearest(&reader, 25, &[]).await, None);
     writer.upsert(vec![clause(30, "F", "train")]).await.unwrap();
