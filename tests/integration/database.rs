@@ -177,6 +177,15 @@ async fn nearest(store: &Store, seed: usize, labels: &[&str]) -> Option<(String,
     })
 }
 
+/// The store id of the clause nearest to `unit(seed)`.
+async fn nearest_id(store: &Store, seed: usize) -> i64 {
+    let params = SearchParams {
+        k: 1,
+        ..Default::default()
+    };
+    store.search(vec![unit(seed)], &params).await.unwrap()[0][0].id
+}
+
 /// `--pg-search codes` (the default): a replica's mirror sees, at its next search, every
 /// write committed before it — through another replica or plain SQL,
 /// including relabels, deletes and a TRUNCATE.
@@ -225,32 +234,12 @@ async fn codes_mirror_follows_writes_from_any_writer() {
     let stats = writer.stats().await.unwrap();
     assert_eq!(stats.total, 24);
     for seed in 50..53 {
-        let id = reader
-            .search(
-                vec![unit(seed)],
-                &SearchParams {
-                    k: 1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap()[0][0]
-            .id;
+        let id = nearest_id(&reader, seed).await;
         writer.delete(&[id.to_string()], &[]).await.unwrap();
     }
     let stats = writer.stats().await.unwrap();
     assert_eq!(stats.total, 21);
-    let id_of_4 = reader
-        .search(
-            vec![unit(4)],
-            &SearchParams {
-                k: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()[0][0]
-        .id;
+    let id_of_4 = nearest_id(&reader, 4).await;
     writer.delete(&[id_of_4.to_string()], &[]).await.unwrap();
     assert_ne!(nearest(&reader, 4, &[]).await, found("clause 4", "A"));
     assert_eq!(pg.mirror().unwrap().len(), 20);

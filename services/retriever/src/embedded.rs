@@ -92,18 +92,13 @@ impl State {
         self.by_hash.remove(&self.clauses[row].hash);
         self.clauses.swap_remove(row);
         self.norms.swap_remove(row);
-        let words = quantized::words(dim);
+        swap_remove_row(&mut self.vectors, row, dim);
+        swap_remove_row(&mut self.codes, row, quantized::words(dim));
         if row != last {
-            self.vectors
-                .copy_within(last * dim..(last + 1) * dim, row * dim);
-            self.codes
-                .copy_within(last * words..(last + 1) * words, row * words);
             let moved = &self.clauses[row];
             self.by_id.insert(moved.id, row);
             self.by_hash.insert(moved.hash, row);
         }
-        self.vectors.truncate(last * dim);
-        self.codes.truncate(last * words);
         // The put it removes and the delete record itself.
         self.superseded += 2;
         true
@@ -135,6 +130,69 @@ pub struct SearchTuning {
 /// above 0.98 with both synthetic generators at 1M clauses, p95 ~6 ms
 /// (README, "Performance").
 pub const RERANK_PER_EF_SEARCH: usize = 30;
+
+impl SearchTuning {
+    /// How many candidates the codes pick for a request of `k` neighbours
+    /// over `rows` rows; `None` when every row is scored instead (a store up
+    /// to `exact_max_rows`, or candidates that would cover it).
+    pub(crate) fn candidates(
+        &self,
+        ef_search: Option<u32>,
+        k: usize,
+        rows: usize,
+    ) -> Option<usize> {
+        let ef_search = ef_search.unwrap_or(self.ef_search) as usize;
+        let candidates = (ef_search * RERANK_PER_EF_SEARCH).max(k);
+        (rows > self.exact_max_rows && candidates < rows).then_some(candidates)
+    }
+}
+
+/// The search both in-memory indexes share (this store and the pgvector
+/// search mirror): the `keep` best `(score, row)` among the `rows` that
+/// `wanted` accepts, best first. With `candidates` (see
+/// [`SearchTuning::candidates`]) only the rows whose codes are nearest the
+/// query's are scored; otherwise every row. `score` gives a row's similarity
+/// and its id (ties go to the lower id).
+pub(crate) fn best_rows(
+    codes: &[u64],
+    rows: usize,
+    query: &[f32],
+    candidates: Option<usize>,
+    keep: usize,
+    wanted: quantized::RowFilter<'_>,
+    score: impl Fn(usize) -> (f32, i64) + Sync,
+) -> Vec<(f32, usize)> {
+    let offer = |top: &mut TopK, row: usize| {
+        let (similarity, id) = score(row);
+        top.offer(similarity, id, row);
+    };
+    let best = match candidates {
+        Some(candidates) => {
+            quantized::nearest_rows(codes, &quantized::code(query), candidates, wanted)
+                .par_chunks(RERANK_ROWS_PER_TASK)
+                .map(|chunk| {
+                    let mut top = TopK::new(keep);
+                    chunk.iter().for_each(|&row| offer(&mut top, row));
+                    top
+                })
+                .reduce(|| TopK::new(keep), TopK::merge)
+        }
+        None => (0..rows.div_ceil(ROWS_PER_TASK))
+            .into_par_iter()
+            .map(|task| {
+                let mut top = TopK::new(keep);
+                let first = task * ROWS_PER_TASK;
+                for row in first..(first + ROWS_PER_TASK).min(rows) {
+                    if wanted.is_none_or(|wanted| wanted(row)) {
+                        offer(&mut top, row);
+                    }
+                }
+                top
+            })
+            .reduce(|| TopK::new(keep), TopK::merge),
+    };
+    best.into_sorted()
+}
 
 impl Default for SearchTuning {
     fn default() -> Self {
@@ -355,11 +413,9 @@ impl EmbeddedStore {
             (params.splits.is_empty() || params.splits.contains(&clause.split))
                 && (params.labels.is_empty() || params.labels.contains(&clause.label))
         };
-        let tuning = self.inner.tuning;
-        let ef_search = params.ef_search.unwrap_or(tuning.ef_search) as usize;
-        let candidates = (ef_search * RERANK_PER_EF_SEARCH).max(k);
         let rows = state.clauses.len();
-        let by_codes = rows > tuning.exact_max_rows && candidates < rows;
+        let candidates = self.inner.tuning.candidates(params.ef_search, k, rows);
+        let filter: quantized::RowFilter<'_> = if filtered { Some(&wanted) } else { None };
         queries
             .iter()
             .map(|query| {
@@ -372,37 +428,10 @@ impl EmbeddedStore {
                         0.0
                     }
                 };
-                let best = if by_codes {
-                    let code = quantized::code(query);
-                    let filter: quantized::RowFilter<'_> =
-                        if filtered { Some(&wanted) } else { None };
-                    quantized::nearest_rows(&state.codes, &code, candidates, filter)
-                        .par_chunks(RERANK_ROWS_PER_TASK)
-                        .map(|chunk| {
-                            let mut top = TopK::new(k);
-                            for &row in chunk {
-                                top.offer(similarity(row), state.clauses[row].id, row);
-                            }
-                            top
-                        })
-                        .reduce(|| TopK::new(k), TopK::merge)
-                } else {
-                    (0..rows.div_ceil(ROWS_PER_TASK))
-                        .into_par_iter()
-                        .map(|task| {
-                            let mut top = TopK::new(k);
-                            let first = task * ROWS_PER_TASK;
-                            for row in first..(first + ROWS_PER_TASK).min(rows) {
-                                if wanted(row) {
-                                    top.offer(similarity(row), state.clauses[row].id, row);
-                                }
-                            }
-                            top
-                        })
-                        .reduce(|| TopK::new(k), TopK::merge)
-                };
-                best.into_sorted()
-                    .into_iter()
+                let best = best_rows(&state.codes, rows, query, candidates, k, filter, |row| {
+                    (similarity(row), state.clauses[row].id)
+                });
+                best.into_iter()
                     .filter(|&(similarity, _)| {
                         params.min_similarity.is_none_or(|min| similarity >= min)
                     })
@@ -547,6 +576,19 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|err| storage(dir, err))
 }
 
+/// Removes row `row` of a row-major array of `width`-wide rows the way
+/// `Vec::swap_remove` removes an element: the last row moves into its place.
+pub(crate) fn swap_remove_row<T: Copy>(data: &mut Vec<T>, row: usize, width: usize) {
+    if width == 0 {
+        return;
+    }
+    let last = data.len() / width - 1;
+    if row != last {
+        data.copy_within(last * width..(last + 1) * width, row * width);
+    }
+    data.truncate(last * width);
+}
+
 /// Dot product in eight independent lanes, which the compiler vectorises
 /// (a plain `sum()` adds in order, one element at a time: 10× slower). `b`
 /// is f32 (here and in the exact search of `lextral bench retriever`) or the
@@ -685,11 +727,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Rebuilds the state from the log. Returns it and the length of the valid
+/// Rebuilds the state from the log, frame by frame (streamed: the file is as
+/// large as the store, and holding it whole beside the state doubled the
+/// memory a start needed). Returns the state and the length of the intact
 /// prefix (shorter than the file when the last frame was torn).
-/// Replays the log frame by frame (streamed: the file is as large as the
-/// store, and holding it whole beside the state doubled the memory a start
-/// needed). Returns the state and the length of the intact prefix.
 fn replay(
     path: &Path,
     file: &File,

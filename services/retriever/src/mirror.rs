@@ -25,10 +25,9 @@ use std::time::Instant;
 
 use futures::{pin_mut, TryStreamExt};
 use pgvector::Vector;
-use rayon::prelude::*;
 use tokio_postgres::IsolationLevel;
 
-use crate::embedded::{dot, SearchTuning, TopK, RERANK_PER_EF_SEARCH};
+use crate::embedded::{best_rows, dot, swap_remove_row, SearchTuning};
 use crate::error::StoreError;
 use crate::quantized;
 
@@ -38,8 +37,6 @@ const LATEST_SQL: &str = "SELECT greatest(
         coalesce((SELECT max(version) FROM lextral_clause_deletions), 0))";
 /// Rows applied per write-lock hold while following a large change.
 const APPLY_CHUNK: usize = 8192;
-/// Candidates re-scored per parallel task.
-const ROWS_PER_TASK: usize = 256;
 
 /// Rows PostgreSQL re-ranks exactly for `k` neighbours: int8 similarities
 /// differ from exact ones by a few thousandths at most, so a margin past k
@@ -161,22 +158,16 @@ impl State {
         let Some(row) = self.by_id.remove(&id) else {
             return;
         };
-        let last = self.ids.len() - 1;
-        let words = quantized::words(dim);
         self.ids.swap_remove(row);
         self.splits.swap_remove(row);
         self.labels.swap_remove(row);
         self.norms.swap_remove(row);
         self.scales.swap_remove(row);
-        if row != last {
-            self.vectors
-                .copy_within(last * dim..(last + 1) * dim, row * dim);
-            self.codes
-                .copy_within(last * words..(last + 1) * words, row * words);
-            self.by_id.insert(self.ids[row], row);
+        swap_remove_row(&mut self.vectors, row, dim);
+        swap_remove_row(&mut self.codes, row, quantized::words(dim));
+        if let Some(&moved) = self.ids.get(row) {
+            self.by_id.insert(moved, row);
         }
-        self.vectors.truncate(last * dim);
-        self.codes.truncate(last * words);
     }
 
     /// Approximate cosine of `query` (norm `query_norm`) with `row`.
@@ -408,34 +399,22 @@ impl Mirror {
                     .is_none_or(|ids| ids.contains(&state.labels[row]))
         };
         let filtered = split_ids.is_some() || label_ids.is_some();
-        let ef_search = ef_search.unwrap_or(self.tuning.ef_search) as usize;
-        let candidates = (ef_search * RERANK_PER_EF_SEARCH).max(k);
+        let filter: quantized::RowFilter<'_> = if filtered { Some(&wanted) } else { None };
         let rows = state.ids.len();
-        let pool: Vec<usize> = if rows > self.tuning.exact_max_rows && candidates < rows {
-            let filter: quantized::RowFilter<'_> = if filtered { Some(&wanted) } else { None };
-            quantized::nearest_rows(&state.codes, &quantized::code(query), candidates, filter)
-        } else {
-            (0..rows).filter(|&row| wanted(row)).collect()
-        };
+        let candidates = self.tuning.candidates(ef_search, k, rows);
         let query_norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
-        let keep = exact_pool(k);
-        pool.par_chunks(ROWS_PER_TASK)
-            .map(|chunk| {
-                let mut top = TopK::new(keep);
-                for &row in chunk {
-                    top.offer(
-                        state.similarity(query, query_norm, row),
-                        state.ids[row],
-                        row,
-                    );
-                }
-                top
-            })
-            .reduce(|| TopK::new(keep), TopK::merge)
-            .into_sorted()
-            .into_iter()
-            .map(|(_, row)| state.ids[row])
-            .collect()
+        best_rows(
+            &state.codes,
+            rows,
+            query,
+            candidates,
+            exact_pool(k),
+            filter,
+            |row| (state.similarity(query, query_norm, row), state.ids[row]),
+        )
+        .into_iter()
+        .map(|(_, row)| state.ids[row])
+        .collect()
     }
 }
 

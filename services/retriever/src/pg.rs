@@ -89,11 +89,6 @@ impl PgStore {
     /// health loop.
     pub async fn ensure_ready(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
-        if let Some(mirror) = &self.mirror {
-            if self.ready.load(Ordering::Acquire) {
-                return mirror.follow(&mut client).await;
-            }
-        }
         if !self.ready.load(Ordering::Acquire) {
             migrations::migrate(&mut client, &self.config).await?;
             let stored = migrations::stored_dimension(&client).await?;
@@ -104,11 +99,12 @@ impl PgStore {
                 });
             }
             self.ready.store(true, Ordering::Release);
-            if let Some(mirror) = &self.mirror {
-                mirror.follow(&mut client).await?;
-            }
-        } else {
+        } else if self.mirror.is_none() {
+            // Following the feed below queries the database too.
             client.simple_query("SELECT 1").await?;
+        }
+        if let Some(mirror) = &self.mirror {
+            mirror.follow(&mut client).await?;
         }
         Ok(())
     }
