@@ -256,6 +256,38 @@ async fn finetune_and_hybrid_methods_train_and_load() {
         "bundled-encoder"
     );
     assert!(out.join("encoder").join("model.safetensors").is_file());
+    // The encoder itself was trained (gradients reach every layer), while
+    // the token-embedding table stays frozen.
+    let base = candle_core::safetensors::load(
+        Path::new(&model_dir()).join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tuned = candle_core::safetensors::load(
+        out.join("encoder").join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let max_change = |name: &str| -> f32 {
+        (&base[name] - &tuned[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    for name in [
+        "embeddings.LayerNorm.weight",
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.5.output.dense.weight",
+    ] {
+        assert!(max_change(name) > 0.0, "{name} did not change");
+    }
+    assert_eq!(max_change("embeddings.word_embeddings.weight"), 0.0);
     let model = Classifier::load(&out).unwrap();
     assert!(!model.needs_external_embeddings());
     let p = model

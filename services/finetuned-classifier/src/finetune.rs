@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -24,6 +24,7 @@ use tokenizers::Tokenizer;
 use crate::dense::{class_weights, weighted_cross_entropy, DenseHead};
 use crate::scoring::{argmax, f1_scores, log_softmax_in_place, F1Scores};
 use crate::train::{TrainData, TrainOptions};
+use crate::trainable_bert::TrainableBert;
 
 /// Fine-tuning hyper-parameters.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,7 +92,7 @@ fn encode(tokenizer: &Tokenizer, texts: &[String], max_len: usize) -> anyhow::Re
 }
 
 struct Network {
-    bert: BertModel,
+    bert: TrainableBert,
     head_w: Var,
     head_b: Var,
 }
@@ -110,8 +111,7 @@ impl Network {
         }
         let ids = Tensor::from_vec(ids, (batch.len(), len), device)?;
         let mask = Tensor::from_vec(mask, (batch.len(), len), device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.bert.forward(&ids, &types, Some(&mask))?;
+        let hidden = self.bert.forward(&ids, &mask)?;
         let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&maskf)?.sum(1)?;
         let counts = maskf.sum(1)?;
@@ -125,6 +125,49 @@ impl Network {
             .matmul(self.head_w.as_tensor())?
             .broadcast_add(self.head_b.as_tensor())
     }
+}
+
+/// Steps of linear warm-up at the start of fine-tuning.
+const WARMUP_STEPS: usize = 20;
+/// Clauses per "sortish" pool: each pool is sorted by length and cut into
+/// batches, so padding stays small while batches still mix labels.
+const POOL_BATCHES: usize = 8;
+
+/// One epoch's batches: shuffled, then sorted by length within pools of
+/// `POOL_BATCHES` batches, and the batches shuffled again. Fully
+/// length-sorted batches would group clauses of a few labels together and
+/// bias each step's gradient (on LEDGAR, length says much about the label).
+fn epoch_batches(train: &[Encoded], batch_size: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
+    let batch_size = batch_size.max(1);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    order.shuffle(rng);
+    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(train.len().div_ceil(batch_size));
+    for pool in order.chunks_mut(batch_size * POOL_BATCHES) {
+        pool.sort_by_key(|&i| train[i].ids.len());
+        batches.extend(pool.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(rng);
+    batches
+}
+
+/// Learning-rate multiplier: linear warm-up, then linear decay to zero at
+/// whichever ends first, the planned steps or the time budget — so a run cut
+/// short by `--max-minutes` still ends with a small learning rate instead of
+/// stopping mid-stride.
+fn lr_scale(
+    step: usize,
+    planned_steps: usize,
+    elapsed: std::time::Duration,
+    budget: std::time::Duration,
+) -> f64 {
+    let warmup = ((step + 1) as f64 / WARMUP_STEPS as f64).min(1.0);
+    let by_steps = step as f64 / planned_steps.max(1) as f64;
+    let by_time = if budget.is_zero() {
+        1.0
+    } else {
+        elapsed.as_secs_f64() / budget.as_secs_f64()
+    };
+    warmup * (1.0 - by_steps.max(by_time)).clamp(0.0, 1.0)
 }
 
 fn evaluate(
@@ -172,7 +215,7 @@ pub fn finetune(
         .map_err(|err| anyhow::anyhow!("tokenizer.json: {err}"))?;
     let mut varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let bert = BertModel::load(vb, &bert_config)?;
+    let bert = TrainableBert::load(vb, &bert_config)?;
     varmap.load(model_dir.join("model.safetensors"))?;
     let hidden = bert_config.hidden_size;
     let n_classes = data.labels.len();
@@ -246,34 +289,33 @@ pub fn finetune(
     net.head_w
         .set(&Tensor::from_vec(centroids, (hidden, n_classes), &device)?)?;
 
-    // Length-bucketed batches: similar lengths together waste less padding.
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    order.sort_by_key(|&i| train[i].ids.len());
-    let batches: Vec<Vec<usize>> = order
-        .chunks(config.batch_size.max(1))
-        .map(<[usize]>::to_vec)
-        .collect();
-
+    let planned_steps = config.epochs * train.len().div_ceil(config.batch_size.max(1));
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let started = Instant::now();
     let staging = tempfile::tempdir()?;
     let best_weights = staging.path().join("best.safetensors");
     let mut best: Option<(Vec<Vec<f32>>, F1Scores, Tensor, Tensor)> = None;
     let progress = if options.progress {
-        indicatif::ProgressBar::new((batches.len() * config.epochs) as u64)
+        indicatif::ProgressBar::new(planned_steps as u64)
     } else {
         indicatif::ProgressBar::hidden()
     };
     let mut stopped = false;
+    let mut step = 0usize;
     for epoch in 1..=config.epochs {
-        let mut batch_order: Vec<usize> = (0..batches.len()).collect();
-        batch_order.shuffle(&mut rng);
+        let batches = epoch_batches(&train, config.batch_size, &mut rng);
         let mut loss_sum = 0.0f32;
-        for (step, &b) in batch_order.iter().enumerate() {
+        for (index, batch_ids) in batches.iter().enumerate() {
             if Instant::now() >= deadline {
                 stopped = true;
                 break;
             }
-            let batch: Vec<&Encoded> = batches[b].iter().map(|&i| &train[i]).collect();
-            let labels: Vec<u32> = batches[b].iter().map(|&i| train_y[i] as u32).collect();
+            let scale = lr_scale(step, planned_steps, started.elapsed(), budget);
+            encoder_opt.set_learning_rate(config.learning_rate * scale);
+            head_opt.set_learning_rate(config.head_learning_rate * scale);
+            step += 1;
+            let batch: Vec<&Encoded> = batch_ids.iter().map(|&i| &train[i]).collect();
+            let labels: Vec<u32> = batch_ids.iter().map(|&i| train_y[i] as u32).collect();
             let pooled = net.embed(&batch, &device)?;
             let logits = net.logits(&pooled)?;
             let loss = weighted_cross_entropy(&logits, &Tensor::new(labels, &device)?, &weights)?;
@@ -284,7 +326,7 @@ pub fn finetune(
             progress.inc(1);
             progress.set_message(format!(
                 "epoch {epoch} loss {:.3}",
-                loss_sum / (step + 1) as f32
+                loss_sum / (index + 1) as f32
             ));
         }
         let (log_probs, scores) = evaluate(&net, &val, &gold, n_classes, &device)?;
@@ -343,4 +385,65 @@ pub fn finetune(
             scores,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn encoded(lengths: &[usize]) -> Vec<Encoded> {
+        lengths
+            .iter()
+            .map(|&n| Encoded { ids: vec![1; n] })
+            .collect()
+    }
+
+    #[test]
+    fn epoch_batches_cover_every_clause_once_and_mix_lengths() {
+        // 300 clauses whose length grows with their index.
+        let train = encoded(&(1..=300).collect::<Vec<_>>());
+        let mut rng = StdRng::seed_from_u64(7);
+        let batches = epoch_batches(&train, 16, &mut rng);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..300).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 16));
+        // Sorted within a pool: each batch is in length order ...
+        for b in &batches {
+            assert!(b
+                .windows(2)
+                .all(|w| train[w[0]].ids.len() <= train[w[1]].ids.len()));
+        }
+        // ... but the epoch is not one global length sort: the first batch
+        // is not the 16 shortest clauses, and consecutive batches are not
+        // in length order.
+        let firsts: Vec<usize> = batches.iter().map(|b| b[0]).collect();
+        assert!(firsts.windows(2).any(|w| w[0] > w[1]));
+        // Another epoch draws other batches; the same seed the same ones.
+        let again = epoch_batches(&train, 16, &mut rng);
+        assert_ne!(batches, again);
+        let mut rng2 = StdRng::seed_from_u64(7);
+        assert_eq!(batches, epoch_batches(&train, 16, &mut rng2));
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero_by_steps_or_time() {
+        let long = Duration::from_secs(3600);
+        let no_time = Duration::ZERO;
+        // Warm-up: 1/20, 2/20, ... of the rate over the first steps.
+        assert!((lr_scale(0, 1000, no_time, long) - 1.0 / WARMUP_STEPS as f64).abs() < 1e-9);
+        assert!(lr_scale(5, 1000, no_time, long) < lr_scale(10, 1000, no_time, long));
+        // Then linear decay by steps when time is plentiful.
+        assert!((lr_scale(500, 1000, no_time, long) - 0.5).abs() < 1e-9);
+        assert_eq!(lr_scale(1000, 1000, no_time, long), 0.0);
+        // Or by time when the budget runs out first.
+        let scale = lr_scale(100, 1000, Duration::from_secs(2700), long);
+        assert!((scale - 0.25).abs() < 1e-9, "{scale}");
+        assert_eq!(lr_scale(100, 1000, long, long), 0.0);
+        assert_eq!(lr_scale(100, 1000, long * 2, long), 0.0);
+        // A zero budget (deadline already passed) never trains at a rate.
+        assert_eq!(lr_scale(100, 1000, no_time, Duration::ZERO), 0.0);
+    }
 }

@@ -13,6 +13,7 @@ pub mod scoring;
 pub mod service;
 pub mod tfidf;
 pub mod train;
+pub mod trainable_bert;
 
 use std::future::Future;
 use std::sync::Arc;
