@@ -205,7 +205,11 @@ pub fn finetune(
     let config = &options.finetune;
     anyhow::ensure!(
         config.max_seq_length >= 2,
-        "max_seq_length must be at least 2"
+        "fine-tuning tokens per clause (--finetune-max-tokens) must be at least 2"
+    );
+    anyhow::ensure!(
+        config.epochs >= 1,
+        "fine-tuning epochs (--finetune-epochs) must be at least 1"
     );
     let device = Device::cuda_if_available(0)?;
     tracing::info!(?device, model_id, "fine-tuning the encoder");
