@@ -5,13 +5,13 @@
 //! backward step. Gradients stop at every layer norm, so training through it
 //! silently updates only what comes after the encoder (the head). This module
 //! is the same network written with differentiable operations (layer norm
-//! from primitives, softmax from primitives, exact GELU) and the Hugging Face
+//! from primitives, softmax from primitives, the config's activation) and the Hugging Face
 //! parameter names, so the weights it saves load everywhere a
 //! sentence-transformers BERT does (the embedder included).
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
-use candle_transformers::models::bert::Config;
+use candle_transformers::models::bert::{Config, HiddenAct};
 
 /// Layer norm with a backward pass (mean and variance over the last axis).
 struct LayerNorm {
@@ -43,6 +43,7 @@ struct Layer {
     intermediate: Linear,
     output: Linear,
     output_norm: LayerNorm,
+    activation: HiddenAct,
     heads: usize,
     head_dim: usize,
 }
@@ -76,6 +77,7 @@ impl Layer {
                 config.layer_norm_eps,
                 vb.pp("output").pp("LayerNorm"),
             )?,
+            activation: config.hidden_act,
             heads: config.num_attention_heads,
             head_dim: hidden / config.num_attention_heads,
         })
@@ -102,7 +104,12 @@ impl Layer {
         let x = self
             .attention_norm
             .forward(&(self.attention_out.forward(&context)? + x)?)?;
-        let inner = self.intermediate.forward(&x)?.gelu_erf()?;
+        let inner = self.intermediate.forward(&x)?;
+        let inner = match self.activation {
+            HiddenAct::Gelu => inner.gelu_erf()?,
+            HiddenAct::GeluApproximate => inner.gelu()?,
+            HiddenAct::Relu => inner.relu()?,
+        };
         self.output_norm
             .forward(&(self.output.forward(&inner)? + x)?)
     }
@@ -199,13 +206,20 @@ mod tests {
 
     #[test]
     fn matches_candle_bert_and_gradients_reach_every_layer() {
+        for activation in [HiddenAct::Gelu, HiddenAct::GeluApproximate, HiddenAct::Relu] {
+            let mut config = tiny_config();
+            config.hidden_act = activation;
+            check_against_candle_bert(&config);
+        }
+    }
+
+    fn check_against_candle_bert(config: &Config) {
         let device = Device::Cpu;
-        let config = tiny_config();
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-        let ours = TrainableBert::load(vb.clone(), &config).unwrap();
+        let ours = TrainableBert::load(vb.clone(), config).unwrap();
         // candle's inference model on the very same parameters (same names).
-        let reference = BertModel::load(vb, &config).unwrap();
+        let reference = BertModel::load(vb, config).unwrap();
         // Layer-norm weights start at 1 and biases at 0; perturb everything
         // so the comparison covers them.
         for (i, var) in varmap.all_vars().iter().enumerate() {
@@ -220,7 +234,11 @@ mod tests {
             .forward(&ids, &ids.zeros_like().unwrap(), Some(&mask))
             .unwrap();
         let diff = max_abs_diff(&a, &b);
-        assert!(diff < 1e-4, "differs from candle's BertModel by {diff}");
+        assert!(
+            diff < 1e-4,
+            "{:?}: differs from candle's BertModel by {diff}",
+            config.hidden_act
+        );
 
         // A loss on the unpadded tokens' states: every parameter of every
         // layer gets a non-zero gradient (candle's fused layer norm would
