@@ -1,6 +1,6 @@
 //! The embedder reproduces sentence-transformers.
 
-use lextral_embedder::{model::resolve_model_dir, SentenceEmbedder};
+use lextral_embedding::{resolve_model_dir, SentenceEmbedder};
 use lextral_integration_tests::{model_dir, shared_data};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {

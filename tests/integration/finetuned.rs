@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lextral_finetuned_classifier::{Classifier, Method, TrainData, TrainOptions};
+use lextral_finetuned_classifier::{Classifier, Method};
 use lextral_integration_tests::{
     fresh_database, ledgar, model_dir, post_classify as classify, start_stack_with_model, Stack,
 };
@@ -13,6 +13,7 @@ use lextral_proto::v1::{
     FinetunedClassifierServiceClassifyRequest, FinetunedClassifierServiceInfoRequest,
     IngestRequest, LabeledText, ReloadRequest,
 };
+use lextral_training::{TrainData, TrainOptions};
 use serde_json::{json, Value};
 
 /// Labelled data from the shared LEDGAR files, labels as indices.
@@ -59,7 +60,7 @@ async fn train(
     method: Method,
     out: &Path,
 ) -> lextral_finetuned_classifier::Manifest {
-    lextral_finetuned_classifier::train(data, &options(method), out)
+    lextral_training::train(data, &options(method), out)
         .await
         .expect("training succeeds")
 }

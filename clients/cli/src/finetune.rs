@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use lextral_finetuned_classifier::mistral::{
-    api_key_from_env, write_training_jsonl, JobSpec, MistralClient, DEFAULT_API_URL, DEFAULT_TARGET,
+use lextral_finetuned_classifier::mistral::{api_key_from_env, MistralClient, DEFAULT_API_URL};
+use lextral_training::mistral_jobs::{
+    write_training_jsonl, FineTuningJobs, JobSpec, DEFAULT_TARGET,
 };
 
 use crate::data::read_split;

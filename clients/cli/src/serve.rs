@@ -262,7 +262,7 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
     if let (Some(model), Ok(stats)) = (finetuned.current(), store.stats().await) {
         // Cascade mixes both: a label the model cannot produce but the index
         // holds means the model was trained on another label set.
-        let unknown = lextral_finetuned_classifier::model::labels_missing_from(
+        let unknown = lextral_finetuned_classifier::labels_missing_from(
             model.labels(),
             stats.counts.iter().map(|(label, _, _)| label.as_str()),
         );

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use lextral_finetuned_classifier::{Method, TrainData, TrainOptions};
+use lextral_finetuned_classifier::Method;
+use lextral_training::{TrainData, TrainOptions};
 use sha2::{Digest, Sha256};
 
 use crate::data::{read_labels, read_split, Example};
@@ -31,7 +32,7 @@ pub struct TrainArgs {
     #[arg(
         long = "embed-model",
         env = "LEXTRAL_EMBED_MODEL",
-        default_value_t = lextral_embedder::config::default_model()
+        default_value_t = lextral_embedding::default_model()
     )]
     embed_model: String,
     /// Logistic-regression C values tried on validation (lexical part).
@@ -123,7 +124,7 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         data.labels.len(),
         data.validation.len()
     );
-    let manifest = lextral_finetuned_classifier::train(&data, &options, &args.out).await?;
+    let manifest = lextral_training::train(&data, &options, &args.out).await?;
     let validation = manifest.validation.as_ref().map(|v| v.scores);
     println!(
         "{}",

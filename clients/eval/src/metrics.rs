@@ -9,7 +9,7 @@
 //!   `macro_f1_gold_labels` is the mean over gold labels only;
 //! - weighted averages weight each label by its gold support.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -88,50 +88,63 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// Per-label counts of one set of answers.
+#[derive(Default)]
+struct Counts {
+    tp: usize,
+    fp: usize,
+    support: usize,
+}
+
 /// Scores `(gold, predicted)` pairs; `None` is an abstention.
 pub fn score(pairs: &[(String, Option<String>)]) -> Scores {
-    let mut tp: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut fp: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut support: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut labels: BTreeSet<&str> = BTreeSet::new();
+    score_pairs(
+        pairs
+            .iter()
+            .map(|(gold, predicted)| (gold.as_str(), predicted.as_deref())),
+    )
+}
+
+/// Scores label indices (every clause answered), as `score` would score the
+/// same labels by name; used where labels are already numbered (training).
+pub fn score_indices(gold: &[usize], predicted: &[usize]) -> Scores {
+    score_pairs(gold.iter().zip(predicted).map(|(&g, &p)| (g, Some(p))))
+}
+
+fn score_pairs<L: Ord + Copy + ToString>(pairs: impl Iterator<Item = (L, Option<L>)>) -> Scores {
+    let mut counts: BTreeMap<L, Counts> = BTreeMap::new();
     let mut correct = 0;
     let mut abstained = 0;
+    let mut n = 0;
     for (gold, predicted) in pairs {
-        *support.entry(gold).or_default() += 1;
-        labels.insert(gold);
-        match predicted.as_deref() {
+        n += 1;
+        counts.entry(gold).or_default().support += 1;
+        match predicted {
             Some(p) if p == gold => {
                 correct += 1;
-                *tp.entry(gold).or_default() += 1;
+                counts.entry(gold).or_default().tp += 1;
             }
-            Some(p) => {
-                labels.insert(p);
-                *fp.entry(p).or_default() += 1;
-            }
+            Some(p) => counts.entry(p).or_default().fp += 1,
             None => abstained += 1,
         }
     }
-    let n = pairs.len();
-    let per_label: BTreeMap<String, LabelMetrics> = labels
+    let per_label: BTreeMap<String, LabelMetrics> = counts
         .iter()
-        .map(|&label| {
-            let t = tp.get(label).copied().unwrap_or(0);
-            let f = fp.get(label).copied().unwrap_or(0);
-            let s = support.get(label).copied().unwrap_or(0);
-            let precision = ratio(t, t + f);
-            let recall = ratio(t, s);
+        .map(|(label, c)| {
+            let precision = ratio(c.tp, c.tp + c.fp);
+            let recall = ratio(c.tp, c.support);
             (
-                label.to_owned(),
+                label.to_string(),
                 LabelMetrics {
                     precision,
                     recall,
                     f1: f1(precision, recall),
-                    support: s,
+                    support: c.support,
                 },
             )
         })
         .collect();
-    let total_fp: usize = fp.values().sum();
+    let total_fp: usize = counts.values().map(|c| c.fp).sum();
     let micro_precision = ratio(correct, correct + total_fp);
     let micro_recall = ratio(correct, n);
     let weighted = |get: fn(&LabelMetrics) -> f64| {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::EmbedderError;
-use crate::model::{l2_normalize, ModelInfo, SentenceEmbedder, TextEmbedding};
+use lextral_embedding::{l2_normalize, ModelInfo, SentenceEmbedder, TextEmbedding};
 
 /// Texts merged into one model call at most; bounds latency for early jobs.
 const MAX_TEXTS_PER_ROUND: usize = 256;
@@ -124,7 +124,7 @@ fn worker(embedder: SentenceEmbedder, mut receiver: mpsc::Receiver<Job>, max_bat
             Err(err) => {
                 tracing::error!(error = %err, "embedding batch failed");
                 for job in jobs {
-                    let _ = job.reply.send(Err(err.clone()));
+                    let _ = job.reply.send(Err(err.clone().into()));
                 }
             }
         }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use lextral_embedding::default_model;
+
 // One place per default: the flags and the `with_*` constructors share them.
 const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
 const DEFAULT_QUEUE_CAPACITY: usize = 256;
@@ -101,20 +103,5 @@ impl EmbedderConfig {
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
             timeout_s: DEFAULT_TIMEOUT_S,
         }
-    }
-}
-
-/// The Hub id used when no local model is cached.
-pub const DEFAULT_HUB_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-/// The set-up script's cached model if present, else the Hub id.
-pub fn default_model() -> String {
-    let cached = lextral_common::lextral_home()
-        .join("models")
-        .join("all-MiniLM-L6-v2");
-    if cached.join("model.safetensors").is_file() {
-        cached.display().to_string()
-    } else {
-        DEFAULT_HUB_MODEL.to_owned()
     }
 }

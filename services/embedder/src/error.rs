@@ -1,6 +1,7 @@
 //! Embedder errors and their place in the shared code table.
 
 use lextral_common::{ServiceError, ServiceErrorCode};
+use lextral_embedding::EmbeddingError;
 
 /// What can go wrong in the embedder.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,8 +47,11 @@ impl ServiceError for EmbedderError {
     }
 }
 
-impl From<candle_core::Error> for EmbedderError {
-    fn from(err: candle_core::Error) -> Self {
-        Self::Inference(err.to_string())
+impl From<EmbeddingError> for EmbedderError {
+    fn from(err: EmbeddingError) -> Self {
+        match err {
+            EmbeddingError::ModelLoad { path, reason } => Self::ModelLoad { path, reason },
+            EmbeddingError::Inference(reason) => Self::Inference(reason),
+        }
     }
 }

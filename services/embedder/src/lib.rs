@@ -1,15 +1,10 @@
-//! The embedder service: sentence embeddings from a BERT-family model with
-//! candle, reproducing sentence-transformers (pooling, normalisation,
-//! truncation), served over gRPC with a batching queue.
+//! The embedder service: `lextral-embedding`'s sentence embedder behind a
+//! batching queue, served over gRPC.
 
-pub mod batcher;
-pub mod bert;
-pub mod config;
-pub mod error;
-pub mod grpc;
-pub mod kernels;
-pub mod matmul;
-pub mod model;
+mod batcher;
+mod config;
+mod error;
+mod grpc;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,14 +14,14 @@ use lextral_proto::v1::embedder_service_server::EmbedderServiceServer;
 use tokio::net::TcpListener;
 
 pub use batcher::EmbedQueue;
-pub use config::EmbedderConfig;
+pub use config::{EmbedLimits, EmbedderConfig};
 pub use error::EmbedderError;
 pub use grpc::EmbedderGrpc;
-pub use model::{ModelInfo, SentenceEmbedder, TextEmbedding};
+use lextral_embedding::{resolve_model_dir, SentenceEmbedder};
 
 /// Loads the model and starts the batching queue.
 pub async fn load_queue(config: &EmbedderConfig) -> anyhow::Result<Arc<EmbedQueue>> {
-    let dir = model::resolve_model_dir(&config.model).await?;
+    let dir = resolve_model_dir(&config.model).await?;
     let model_id = config.model.clone();
     let embedder =
         tokio::task::spawn_blocking(move || SentenceEmbedder::load(&dir, &model_id)).await??;
@@ -80,23 +75,4 @@ pub async fn run(
     )
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-pub(crate) mod test_support {
-    use candle_core::Tensor;
-
-    /// Largest element-wise difference between two tensors of one shape.
-    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 }

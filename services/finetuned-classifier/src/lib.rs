@@ -1,19 +1,17 @@
-//! Lextral's own classifiers: training (`lextral train`) and the
-//! `FinetunedClassifierService` that serves them.
+//! The `FinetunedClassifierService` and the model directory it serves:
+//! format, manifest, load and predict. Training (`lextral train`) is
+//! `lextral-training`'s, which this crate does not link.
 
-pub mod config;
-pub mod dense;
-pub mod error;
-pub mod finetune;
-pub mod grpc;
-pub mod linear;
+mod config;
+mod dense;
+mod error;
+mod grpc;
+mod linear;
 pub mod mistral;
-pub mod model;
-pub mod scoring;
-pub mod service;
-pub mod tfidf;
-pub mod train;
-pub mod trainable_bert;
+mod model;
+mod scoring;
+mod service;
+mod tfidf;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,11 +21,18 @@ use lextral_proto::v1::finetuned_classifier_service_server::FinetunedClassifierS
 use tokio::net::TcpListener;
 
 pub use config::FinetunedConfig;
+pub use dense::{matrix, DenseHead};
 pub use error::FinetunedError;
 pub use grpc::FinetunedGrpc;
-pub use model::{Classifier, Manifest, Method, ModelError};
+pub use linear::LinearModel;
+pub use model::{
+    copy_dir, labels_missing_from, lexical_tensors, write_model_dir, Classifier, Combination,
+    EmbeddingSpec, LexicalModel, Manifest, Method, ModelError, TrainingInfo, ValidationReport,
+    ENCODER_DIR, FORMAT, MANIFEST_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
+};
+pub use scoring::{argmax, log_softmax_in_place, F1Scores};
 pub use service::FinetunedService;
-pub use train::{train, TrainData, TrainOptions};
+pub use tfidf::{Analyzer, Block, BlockConfig, SparseRow, Vectorizer};
 
 /// Adds the service to `routes`. A configured model that fails to load is a
 /// start-up error; with no model configured the service runs NOT_SERVING

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use lextral_embedder::SentenceEmbedder;
+use lextral_embedding::SentenceEmbedder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -655,7 +655,7 @@ pub fn write_model_dir(
 }
 
 /// Copies a directory tree, leaving out entries whose name `skip` accepts.
-pub(crate) fn copy_dir(from: &Path, to: &Path, skip: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
+pub fn copy_dir(from: &Path, to: &Path, skip: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
@@ -675,7 +675,6 @@ pub(crate) fn copy_dir(from: &Path, to: &Path, skip: &dyn Fn(&str) -> bool) -> s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linear::{train_logistic, LogisticConfig};
 
     fn lexical_model() -> (Manifest, HashMap<String, Tensor>, String) {
         let texts: Vec<String> = [
@@ -690,14 +689,14 @@ mod tests {
         let labels = vec![0, 0, 1, 1];
         let vectorizer = Vectorizer::fit(&Vectorizer::default_configs(), &texts);
         let rows: Vec<SparseRow> = texts.iter().map(|t| vectorizer.transform(t)).collect();
-        let (linear, _) = train_logistic(
-            &rows,
-            &labels,
-            vectorizer.dimension(),
-            2,
-            &LogisticConfig::default(),
-            None,
-        );
+        // A nearest-centroid linear layer: each class scores the features
+        // of its own training texts (training is lextral-training's).
+        let mut linear = LinearModel::zeros(vectorizer.dimension(), 2);
+        for (row, &label) in rows.iter().zip(&labels) {
+            for (&i, &x) in row.indices.iter().zip(&row.values) {
+                linear.weights[i as usize * 2 + label] += x;
+            }
+        }
         let lexical = LexicalModel { vectorizer, linear };
         let mut tensors = HashMap::new();
         let vocabulary = lexical_tensors(&lexical, &mut tensors).unwrap();

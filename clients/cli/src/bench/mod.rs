@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use lextral_embedder::{model::resolve_model_dir, EmbedderConfig, SentenceEmbedder};
+use lextral_embedder::EmbedderConfig;
+use lextral_embedding::{resolve_model_dir, SentenceEmbedder};
 use lextral_proto::v1::embedder_service_client::EmbedderServiceClient;
 use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
 use lextral_proto::v1::{EmbedRequest, QueryVector, SearchRequest};

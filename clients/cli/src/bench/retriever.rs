@@ -13,7 +13,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use lextral_embedder::{model::resolve_model_dir, EmbedderConfig, SentenceEmbedder};
+use lextral_embedder::EmbedderConfig;
+use lextral_embedding::{resolve_model_dir, SentenceEmbedder};
 use lextral_eval::metrics::percentile;
 use lextral_retriever::config::{
     DEFAULT_EF_SEARCH, DEFAULT_EXACT_MAX_ROWS, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M,

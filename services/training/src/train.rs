@@ -8,18 +8,21 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
-use lextral_embedder::SentenceEmbedder;
+use lextral_embedding::SentenceEmbedder;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::dense::{train_head, DenseHead, HeadConfig};
-use crate::linear::{train_logistic, LinearModel, LogisticConfig};
-use crate::model::{
+use lextral_finetuned_classifier::{
+    argmax, log_softmax_in_place, DenseHead, F1Scores, LinearModel, SparseRow, Vectorizer,
+};
+use lextral_finetuned_classifier::{
     lexical_tensors, write_model_dir, Combination, EmbeddingSpec, LexicalModel, Manifest, Method,
     TrainingInfo, ValidationReport, FORMAT,
 };
-use crate::scoring::{argmax, f1_scores, fit_temperature, log_softmax_in_place, nll, F1Scores};
-use crate::tfidf::{SparseRow, Vectorizer};
+
+use crate::head::{train_head, HeadConfig};
+use crate::logistic::{train_logistic, LogisticConfig};
+use crate::scoring::{f1_scores, fit_temperature, nll};
 
 /// Labelled data, labels as indices into `labels`.
 #[derive(Debug, Clone)]
@@ -178,7 +181,7 @@ fn fit_lexical(
             })
             .collect();
         let predicted: Vec<usize> = val_log_probs.iter().map(|z| argmax(z)).collect();
-        let scores = f1_scores(&gold, &predicted, n_classes);
+        let scores = f1_scores(&gold, &predicted);
         candidates.insert(format!("lexical C={c}"), scores);
         progress.inc(1);
         progress.set_message(format!(
@@ -360,7 +363,6 @@ pub async fn train(
     let mut stages = Stages::new();
     let mut candidates = BTreeMap::new();
     let gold: Vec<usize> = data.validation.iter().map(|(_, l)| *l).collect();
-    let n_classes = data.labels.len();
     let method = options.method;
 
     let lexical = if matches!(method, Method::Lexical | Method::Hybrid) {
@@ -375,7 +377,7 @@ pub async fn train(
     let mut embedding_spec = None;
     let mut encoder_dir: Option<tempfile::TempDir> = None;
     let dense = if matches!(method, Method::Head | Method::Hybrid | Method::Finetune) {
-        let model_dir = lextral_embedder::model::resolve_model_dir(&options.embed_model).await?;
+        let model_dir = lextral_embedding::resolve_model_dir(&options.embed_model).await?;
         let train_texts: Vec<String> = data.train.iter().map(|(t, _)| t.clone()).collect();
         let val_texts: Vec<String> = data.validation.iter().map(|(t, _)| t.clone()).collect();
         let fit = tokio::task::block_in_place(|| -> anyhow::Result<DenseFit> {
@@ -455,7 +457,7 @@ pub async fn train(
                     argmax(&mixed)
                 })
                 .collect();
-            let scores = f1_scores(&gold, &predicted, n_classes);
+            let scores = f1_scores(&gold, &predicted);
             candidates.insert(format!("hybrid dense_weight={w:.1}"), scores);
             if step == 0 {
                 lexical_only = Some(predicted.clone());
@@ -520,7 +522,7 @@ pub async fn train(
     }
     let temperature = fit_temperature(&val_scores, &gold);
     let predicted: Vec<usize> = val_scores.iter().map(|z| argmax(z)).collect();
-    let final_scores = f1_scores(&gold, &predicted, n_classes);
+    let final_scores = f1_scores(&gold, &predicted);
     let validation = ValidationReport {
         scores: final_scores,
         nll_uncalibrated: nll(&val_scores, &gold, 1.0),

@@ -21,8 +21,10 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::dense::{class_weights, weighted_cross_entropy, DenseHead};
-use crate::scoring::{argmax, f1_scores, log_softmax_in_place, F1Scores};
+use lextral_finetuned_classifier::{argmax, copy_dir, log_softmax_in_place, DenseHead, F1Scores};
+
+use crate::head::{class_weights, weighted_cross_entropy};
+use crate::scoring::f1_scores;
 use crate::train::{TrainData, TrainOptions};
 use crate::trainable_bert::TrainableBert;
 
@@ -174,7 +176,6 @@ fn evaluate(
     net: &Network,
     val: &[Encoded],
     gold: &[usize],
-    n_classes: usize,
     device: &Device,
 ) -> anyhow::Result<(Vec<Vec<f32>>, F1Scores)> {
     let mut log_probs = Vec::with_capacity(val.len());
@@ -188,7 +189,7 @@ fn evaluate(
         }
     }
     let predicted: Vec<usize> = log_probs.iter().map(|z| argmax(z)).collect();
-    let scores = f1_scores(gold, &predicted, n_classes);
+    let scores = f1_scores(gold, &predicted);
     Ok((log_probs, scores))
 }
 
@@ -333,7 +334,7 @@ pub fn finetune(
                 loss_sum / (index + 1) as f32
             ));
         }
-        let (log_probs, scores) = evaluate(&net, &val, &gold, n_classes, &device)?;
+        let (log_probs, scores) = evaluate(&net, &val, &gold, &device)?;
         candidates.insert(format!("finetune epoch={epoch}"), scores);
         tracing::info!(
             epoch,
@@ -365,7 +366,7 @@ pub fn finetune(
     // the training sequence length.
     let encoder = tempfile::tempdir()?;
     // Everything but the base weights (replaced below) and docs.
-    crate::model::copy_dir(model_dir, encoder.path(), &|name| {
+    copy_dir(model_dir, encoder.path(), &|name| {
         name == "model.safetensors" || name.ends_with(".bin") || name == "README.md"
     })?;
     std::fs::rename(&best_weights, encoder.path().join("model.safetensors")).or_else(|_| {

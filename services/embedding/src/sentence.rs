@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use crate::bert::BertEncoder;
-use crate::error::EmbedderError;
+use crate::error::EmbeddingError;
 
 /// How token vectors become one sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +99,8 @@ struct PoolingConfig {
 
 impl SentenceEmbedder {
     /// Loads a model directory in Hugging Face layout.
-    pub fn load(dir: &Path, model_id: &str) -> Result<Self, EmbedderError> {
-        let fail = |reason: String| EmbedderError::ModelLoad {
+    pub fn load(dir: &Path, model_id: &str) -> Result<Self, EmbeddingError> {
+        let fail = |reason: String| EmbeddingError::ModelLoad {
             path: dir.display().to_string(),
             reason,
         };
@@ -187,7 +187,7 @@ impl SentenceEmbedder {
         texts: &[String],
         normalize: bool,
         max_batch_tokens: usize,
-    ) -> Result<Vec<TextEmbedding>, EmbedderError> {
+    ) -> Result<Vec<TextEmbedding>, EmbeddingError> {
         let encoded = self.encode(texts)?;
         let mut vectors = Vec::with_capacity(encoded.len());
         let mut start = 0;
@@ -218,12 +218,12 @@ impl SentenceEmbedder {
             .collect())
     }
 
-    fn encode(&self, texts: &[String]) -> Result<Vec<Encoded>, EmbedderError> {
+    fn encode(&self, texts: &[String]) -> Result<Vec<Encoded>, EmbeddingError> {
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let encodings = self
             .tokenizer
             .encode_batch(inputs, true)
-            .map_err(|err| EmbedderError::Inference(format!("tokenizer: {err}")))?;
+            .map_err(|err| EmbeddingError::Inference(format!("tokenizer: {err}")))?;
         let max = self.info.max_seq_len;
         Ok(encodings
             .into_iter()
@@ -248,7 +248,7 @@ impl SentenceEmbedder {
     }
 
     /// Encodes a chunk of texts and pools each text's token vectors.
-    fn forward(&self, chunk: &[Encoded]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+    fn forward(&self, chunk: &[Encoded]) -> Result<Vec<Vec<f32>>, EmbeddingError> {
         let ids: Vec<&[u32]> = chunk.iter().map(|e| e.ids.as_slice()).collect();
         let hidden = self.model.forward(&ids)?.flatten_all()?.to_vec1::<f32>()?;
         let lens: Vec<usize> = chunk.iter().map(|e| e.ids.len()).collect();
@@ -320,9 +320,24 @@ fn read_optional_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Opt
     }
 }
 
+/// The Hub id used when no local model is cached.
+pub const DEFAULT_HUB_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// The set-up script's cached model if present, else the Hub id.
+pub fn default_model() -> String {
+    let cached = lextral_common::lextral_home()
+        .join("models")
+        .join("all-MiniLM-L6-v2");
+    if cached.join("model.safetensors").is_file() {
+        cached.display().to_string()
+    } else {
+        DEFAULT_HUB_MODEL.to_owned()
+    }
+}
+
 /// Turns `--embed-model` into a local directory: an existing directory as is,
 /// otherwise a Hub id (`owner/name`) downloaded into the Hugging Face cache.
-pub async fn resolve_model_dir(spec: &str) -> Result<PathBuf, EmbedderError> {
+pub async fn resolve_model_dir(spec: &str) -> Result<PathBuf, EmbeddingError> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -330,14 +345,14 @@ pub async fn resolve_model_dir(spec: &str) -> Result<PathBuf, EmbedderError> {
     let looks_like_hub_id =
         !spec.starts_with(['/', '.', '~']) && spec.matches('/').count() == 1 && !path.exists();
     if !looks_like_hub_id {
-        return Err(EmbedderError::ModelLoad {
+        return Err(EmbeddingError::ModelLoad {
             path: spec.to_owned(),
             reason: "not a model directory nor a Hub model id (owner/name)".to_owned(),
         });
     }
     download_from_hub(spec)
         .await
-        .map_err(|reason| EmbedderError::ModelLoad {
+        .map_err(|reason| EmbeddingError::ModelLoad {
             path: spec.to_owned(),
             reason: format!(
                 "Hub download failed ({reason}); run scripts/setup-model.sh or set \
