@@ -11,8 +11,8 @@ use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
 use lextral_proto::v1::{
     DeleteRequest, QueryVector, SearchRequest, StatsRequest, UpsertRecord, UpsertRequest,
 };
-use lextral_retriever::store::{content_hash, NewClause, SearchParams};
 use lextral_retriever::Store;
+use lextral_retriever::{content_hash, NewClause, SearchParams};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

@@ -1,15 +1,18 @@
-//! The retriever service: labelled clause embeddings in PostgreSQL with
-//! pgvector (HNSW, cosine), served over gRPC.
+//! The retriever service: labelled clause embeddings behind
+//! `RetrieverService`, in the embedded store (one machine, no database
+//! server) or in PostgreSQL with pgvector (searched through the in-memory
+//! search mirror or pgvector's HNSW index).
 
-pub mod config;
-pub mod embedded;
-pub mod error;
-pub mod grpc;
-pub mod migrations;
-pub mod mirror;
-pub mod pg;
-pub mod quantized;
-pub mod store;
+mod config;
+mod embedded;
+mod error;
+mod grpc;
+mod migrations;
+mod mirror;
+mod pg;
+mod quantized;
+pub mod search;
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,12 +23,14 @@ use lextral_common::server::{serve_grpc, GrpcRoutes};
 use lextral_proto::v1::retriever_service_server::RetrieverServiceServer;
 use tokio::net::TcpListener;
 
-pub use config::PgSearch;
-pub use config::RetrieverConfig;
-pub use config::StoreKind;
+pub use config::{
+    PgSearch, RetrieverConfig, StoreKind, DEFAULT_EF_SEARCH, DEFAULT_EXACT_MAX_ROWS,
+    DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M,
+};
 pub use error::StoreError;
 pub use grpc::RetrieverGrpc;
-pub use store::Store;
+pub use pg::PgStore;
+pub use store::{content_hash, Hit, NewClause, SearchParams, Stats, Store, UpsertOutcome};
 
 mod health {
     use super::*;

@@ -27,9 +27,9 @@ use futures::{pin_mut, TryStreamExt};
 use pgvector::Vector;
 use tokio_postgres::IsolationLevel;
 
-use crate::embedded::{best_rows, dot, swap_remove_row, SearchTuning};
 use crate::error::StoreError;
 use crate::quantized;
+use crate::search::{best_rows, dot, swap_remove_row, SearchTuning};
 
 /// The highest version the table and its deletion log have handed out.
 const LATEST_SQL: &str = "SELECT greatest(

@@ -15,10 +15,10 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
 use crate::config::{PgSearch, RetrieverConfig};
-use crate::embedded::SearchTuning;
 use crate::error::StoreError;
 use crate::migrations;
 use crate::mirror::Mirror;
+use crate::search::SearchTuning;
 use crate::store::{
     content_hash, split_or_default, Hit, NewClause, SearchParams, Stats, UpsertOutcome,
 };

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use crate::config::{RetrieverConfig, StoreKind};
-use crate::embedded::{EmbeddedStore, SearchTuning};
+use crate::embedded::EmbeddedStore;
 use crate::error::{StoreError, MAX_K};
 use crate::pg::PgStore;
+use crate::search::SearchTuning;
 
 /// The split used when a record names none.
 pub const DEFAULT_SPLIT: &str = "train";

@@ -16,12 +16,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lextral_embedder::EmbedderConfig;
 use lextral_embedding::{resolve_model_dir, SentenceEmbedder};
 use lextral_eval::metrics::percentile;
-use lextral_retriever::config::{
+use lextral_retriever::search::{dot, TopK, RERANK_PER_EF_SEARCH};
+use lextral_retriever::{content_hash, NewClause, SearchParams};
+use lextral_retriever::{PgSearch, RetrieverConfig, Store};
+use lextral_retriever::{
     DEFAULT_EF_SEARCH, DEFAULT_EXACT_MAX_ROWS, DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_M,
 };
-use lextral_retriever::embedded::dot;
-use lextral_retriever::store::{content_hash, NewClause, SearchParams};
-use lextral_retriever::{PgSearch, RetrieverConfig, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -578,7 +578,7 @@ fn store_title(report: &RetrieverReport) -> String {
     match report.store {
         BenchStore::Postgres if report.pg_search == Some("codes") => format!(
             "pgvector + in-memory mirror (1-bit codes, int8 re-score of {}×ef_search, exact re-rank in PostgreSQL)",
-            lextral_retriever::embedded::RERANK_PER_EF_SEARCH
+            RERANK_PER_EF_SEARCH
         ),
         BenchStore::Postgres => format!(
             "pgvector HNSW m={}, ef_construction={}",
@@ -586,7 +586,7 @@ fn store_title(report: &RetrieverReport) -> String {
         ),
         BenchStore::Embedded => format!(
             "embedded store, 1-bit codes + exact re-score of {}×ef_search candidates",
-            lextral_retriever::embedded::RERANK_PER_EF_SEARCH
+            RERANK_PER_EF_SEARCH
         ),
     }
 }
@@ -849,13 +849,13 @@ fn nearest_real(unit: &[f32], dim: usize, k: usize) -> Vec<Vec<usize>> {
     rows.par_iter()
         .enumerate()
         .map(|(i, row)| {
-            let mut top: Vec<(f32, i64)> = Vec::with_capacity(k + 1);
+            let mut top = TopK::new(k);
             for (j, other) in rows.iter().enumerate() {
                 if j != i {
-                    push_top(&mut top, k, (dot(row, other), j as i64));
+                    top.offer(dot(row, other), j as i64, j);
                 }
             }
-            top.into_iter().map(|(_, j)| j as usize).collect()
+            top.into_sorted().into_iter().map(|(_, j)| j).collect()
         })
         .collect()
 }
@@ -936,7 +936,7 @@ async fn load_rows(
 
 /// Builds the HNSW index, showing PostgreSQL's own progress while it runs.
 async fn build_index(
-    pg: &lextral_retriever::pg::PgStore,
+    pg: &lextral_retriever::PgStore,
     client: &tokio_postgres::Client,
     args: &RetrieverArgs,
 ) -> anyhow::Result<BuildFigures> {
@@ -1035,7 +1035,7 @@ fn exact_top_k(
             q
         })
         .collect();
-    let partial: Vec<Vec<Vec<(f32, i64)>>> = vectors
+    let partial: Vec<Vec<TopK>> = vectors
         .par_chunks(ROWS_PER_BLOCK * dim)
         .enumerate()
         .map(|(block, rows)| {
@@ -1043,40 +1043,25 @@ fn exact_top_k(
             queries
                 .iter()
                 .map(|query| {
-                    let mut top: Vec<(f32, i64)> = Vec::with_capacity(k + 1);
+                    let mut top = TopK::new(k);
                     for (offset, row) in rows.chunks_exact(dim).enumerate() {
                         let Some(id) = ids[first + offset] else {
                             continue;
                         };
-                        push_top(&mut top, k, (dot(query, row), id));
+                        top.offer(dot(query, row), id, first + offset);
                     }
                     top
                 })
                 .collect()
         })
         .collect();
-    (0..queries.len())
-        .map(|q| {
-            let mut top = Vec::with_capacity(k + 1);
-            for block in &partial {
-                for &hit in &block[q] {
-                    push_top(&mut top, k, hit);
-                }
-            }
-            top.into_iter().map(|(_, id)| id).collect()
-        })
-        .collect()
-}
-
-/// Keeps `top` as the best `k` by score, best first (ties to the lower id).
-fn push_top(top: &mut Vec<(f32, i64)>, k: usize, hit: (f32, i64)) {
-    let better = |a: &(f32, i64), b: &(f32, i64)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
-    if top.len() == k && !better(&hit, &top[k - 1]) {
-        return;
+    let mut per_query: Vec<TopK> = (0..queries.len()).map(|_| TopK::new(k)).collect();
+    for block in partial {
+        for (top, part) in per_query.iter_mut().zip(block) {
+            *top = std::mem::replace(top, TopK::new(0)).merge(part);
+        }
     }
-    let at = top.partition_point(|held| better(held, &hit));
-    top.insert(at, hit);
-    top.truncate(k);
+    per_query.into_iter().map(TopK::into_ids).collect()
 }
 
 /// One query per call, as the kNN strategy sends them, at each `ef_search`.
@@ -1166,15 +1151,6 @@ mod tests {
         }
         let near = nearest_real(&unit, 2, 2);
         assert_eq!(near, vec![vec![1, 2], vec![0, 2], vec![1, 0], vec![2, 1]]);
-    }
-
-    #[test]
-    fn top_k_keeps_best_with_ties_to_lower_id() {
-        let mut top = Vec::new();
-        for hit in [(0.5, 4), (0.9, 7), (0.5, 2), (0.1, 1), (0.9, 3)] {
-            push_top(&mut top, 3, hit);
-        }
-        assert_eq!(top, vec![(0.9, 3), (0.9, 7), (0.5, 2)]);
     }
 
     #[test]

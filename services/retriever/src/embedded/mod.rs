@@ -15,28 +15,20 @@
 //! deleted records are compacted away at start-up (new file, fsync, rename).
 //! An exclusive lock on the file keeps a second process out.
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use rayon::prelude::*;
+mod log;
 
 use crate::error::StoreError;
 use crate::quantized;
+use crate::search::{best_rows, dot, swap_remove_row, SearchTuning};
 use crate::store::{
     content_hash, split_or_default, Hit, NewClause, SearchParams, Stats, UpsertOutcome,
 };
-
-const MAGIC: &[u8; 16] = b"lextral-store\n\0\x01";
-const HEADER_LEN: u64 = 16 + 4;
-const FRAME_PUT: u8 = 1;
-const FRAME_DELETE: u8 = 2;
-/// Rows scored per parallel task in an exact search.
-const ROWS_PER_TASK: usize = 4096;
-/// Candidates re-scored per parallel task in a search by codes.
-const RERANK_ROWS_PER_TASK: usize = 256;
 
 struct Clause {
     id: i64,
@@ -115,94 +107,6 @@ struct Inner {
     log: Mutex<File>,
 }
 
-/// How the embedded store searches.
-#[derive(Debug, Clone, Copy)]
-pub struct SearchTuning {
-    /// Search breadth when a request names none: large stores re-score
-    /// `ef_search × RERANK_PER_EF_SEARCH` candidates exactly.
-    pub ef_search: u32,
-    /// Stores up to this many clauses are searched exactly.
-    pub exact_max_rows: usize,
-}
-
-/// Candidates re-scored per unit of `ef_search` in a large store: the
-/// default ef_search of 100 re-scores 3,000, which held recall@10 at 0.99 and
-/// above 0.98 with both synthetic generators at 1M clauses, p95 ~6 ms
-/// (README, "Performance").
-pub const RERANK_PER_EF_SEARCH: usize = 30;
-
-impl SearchTuning {
-    /// How many candidates the codes pick for a request of `k` neighbours
-    /// over `rows` rows; `None` when every row is scored instead (a store up
-    /// to `exact_max_rows`, or candidates that would cover it).
-    pub(crate) fn candidates(
-        &self,
-        ef_search: Option<u32>,
-        k: usize,
-        rows: usize,
-    ) -> Option<usize> {
-        let ef_search = ef_search.unwrap_or(self.ef_search) as usize;
-        let candidates = (ef_search * RERANK_PER_EF_SEARCH).max(k);
-        (rows > self.exact_max_rows && candidates < rows).then_some(candidates)
-    }
-}
-
-/// The search both in-memory indexes share (this store and the pgvector
-/// search mirror): the `keep` best `(score, row)` among the `rows` that
-/// `wanted` accepts, best first. With `candidates` (see
-/// [`SearchTuning::candidates`]) only the rows whose codes are nearest the
-/// query's are scored; otherwise every row. `score` gives a row's similarity
-/// and its id (ties go to the lower id).
-pub(crate) fn best_rows(
-    codes: &[u64],
-    rows: usize,
-    query: &[f32],
-    candidates: Option<usize>,
-    keep: usize,
-    wanted: quantized::RowFilter<'_>,
-    score: impl Fn(usize) -> (f32, i64) + Sync,
-) -> Vec<(f32, usize)> {
-    let offer = |top: &mut TopK, row: usize| {
-        let (similarity, id) = score(row);
-        top.offer(similarity, id, row);
-    };
-    let best = match candidates {
-        Some(candidates) => {
-            quantized::nearest_rows(codes, &quantized::code(query), candidates, wanted)
-                .par_chunks(RERANK_ROWS_PER_TASK)
-                .map(|chunk| {
-                    let mut top = TopK::new(keep);
-                    chunk.iter().for_each(|&row| offer(&mut top, row));
-                    top
-                })
-                .reduce(|| TopK::new(keep), TopK::merge)
-        }
-        None => (0..rows.div_ceil(ROWS_PER_TASK))
-            .into_par_iter()
-            .map(|task| {
-                let mut top = TopK::new(keep);
-                let first = task * ROWS_PER_TASK;
-                for row in first..(first + ROWS_PER_TASK).min(rows) {
-                    if wanted.is_none_or(|wanted| wanted(row)) {
-                        offer(&mut top, row);
-                    }
-                }
-                top
-            })
-            .reduce(|| TopK::new(keep), TopK::merge),
-    };
-    best.into_sorted()
-}
-
-impl Default for SearchTuning {
-    fn default() -> Self {
-        Self {
-            ef_search: crate::config::DEFAULT_EF_SEARCH,
-            exact_max_rows: crate::config::DEFAULT_EXACT_MAX_ROWS,
-        }
-    }
-}
-
 /// The embedded store (see the module docs).
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -244,15 +148,13 @@ impl EmbeddedStore {
         })?;
         let len = file.metadata().map_err(|err| storage(&path, err))?.len();
         let (state, good_len) = if len == 0 {
-            let mut header = MAGIC.to_vec();
-            header.extend_from_slice(&(dimension as u32).to_le_bytes());
-            file.write_all(&header)
+            file.write_all(&log::header(dimension))
                 .and_then(|()| file.sync_all())
                 .map_err(|err| storage(&path, err))?;
             sync_dir(dir)?;
-            (State::default(), HEADER_LEN)
+            (State::default(), log::HEADER_LEN)
         } else {
-            replay(&path, &file, len, dimension)?
+            log::replay(&path, &file, len, dimension)?
         };
         if good_len < len {
             tracing::warn!(
@@ -313,10 +215,7 @@ impl EmbeddedStore {
 
     /// Appends one frame and fsyncs it.
     fn append(&self, payload: &[u8]) -> Result<(), StoreError> {
-        let mut frame = Vec::with_capacity(payload.len() + 8);
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        frame.extend_from_slice(payload);
+        let frame = log::frame(payload);
         let mut log = self
             .inner
             .log
@@ -384,7 +283,9 @@ impl EmbeddedStore {
             outcome.ids.push(id);
         }
         if !puts.is_empty() {
-            self.append(&encode_puts(puts.iter().map(|(c, v)| (c, v.as_slice()))))?;
+            self.append(&log::encode_puts(
+                puts.iter().map(|(c, v)| (c, v.as_slice())),
+            ))?;
             for (clause, vector) in puts {
                 state.put(clause, &vector);
             }
@@ -467,12 +368,7 @@ impl EmbeddedStore {
             if doomed.is_empty() {
                 return Ok(0);
             }
-            let mut payload = vec![FRAME_DELETE];
-            payload.extend_from_slice(&(doomed.len() as u32).to_le_bytes());
-            for id in &doomed {
-                payload.extend_from_slice(&id.to_le_bytes());
-            }
-            store.append(&payload)?;
+            store.append(&log::encode_deletes(&doomed))?;
             for id in &doomed {
                 state.delete(*id, dim);
             }
@@ -511,17 +407,14 @@ impl EmbeddedStore {
         let fresh = path.with_extension("log.compacting");
         let result = (|| -> std::io::Result<File> {
             let mut file = File::create(&fresh)?;
-            file.write_all(MAGIC)?;
-            file.write_all(&(dim as u32).to_le_bytes())?;
+            file.write_all(&log::header(dim))?;
             let blocks = state
                 .clauses
                 .chunks(10_000)
                 .zip(state.vectors.chunks(10_000 * dim));
             for (clauses, vectors) in blocks {
-                let payload = encode_puts(clauses.iter().zip(vectors.chunks_exact(dim)));
-                file.write_all(&(payload.len() as u32).to_le_bytes())?;
-                file.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
-                file.write_all(&payload)?;
+                let payload = log::encode_puts(clauses.iter().zip(vectors.chunks_exact(dim)));
+                file.write_all(&log::frame(&payload))?;
             }
             file.sync_all()?;
             // The lock moves to the new file before it replaces the old one.
@@ -576,258 +469,9 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|err| storage(dir, err))
 }
 
-/// Removes row `row` of a row-major array of `width`-wide rows the way
-/// `Vec::swap_remove` removes an element: the last row moves into its place.
-pub(crate) fn swap_remove_row<T: Copy>(data: &mut Vec<T>, row: usize, width: usize) {
-    if width == 0 {
-        return;
-    }
-    let last = data.len() / width - 1;
-    if row != last {
-        data.copy_within(last * width..(last + 1) * width, row * width);
-    }
-    data.truncate(last * width);
-}
-
-/// Dot product in eight independent lanes, which the compiler vectorises
-/// (a plain `sum()` adds in order, one element at a time: 10× slower). `b`
-/// is f32 (here and in the exact search of `lextral bench retriever`) or the
-/// search mirror's int8.
-pub fn dot<T: Copy + Into<f32>>(a: &[f32], b: &[T]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * (*y).into())
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i].into();
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// The k best (similarity, row) pairs; ties go to the lower id, so results
-/// do not depend on how rows were split across tasks.
-pub(crate) struct TopK {
-    k: usize,
-    // Min-heap on (similarity, -id): the root is the worst kept.
-    heap: BinaryHeap<std::cmp::Reverse<Ranked>>,
-}
-
-#[derive(PartialEq)]
-struct Ranked {
-    similarity: f32,
-    id: i64,
-    row: usize,
-}
-
-impl Eq for Ranked {}
-
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Ranked {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.similarity
-            .total_cmp(&other.similarity)
-            .then_with(|| other.id.cmp(&self.id))
-    }
-}
-
-impl TopK {
-    pub(crate) fn new(k: usize) -> Self {
-        Self {
-            k,
-            heap: BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    pub(crate) fn offer(&mut self, similarity: f32, id: i64, row: usize) {
-        let candidate = Ranked {
-            similarity,
-            id,
-            row,
-        };
-        if self.heap.len() < self.k {
-            self.heap.push(std::cmp::Reverse(candidate));
-        } else if self.heap.peek().is_some_and(|worst| candidate > worst.0) {
-            self.heap.pop();
-            self.heap.push(std::cmp::Reverse(candidate));
-        }
-    }
-
-    pub(crate) fn merge(mut self, other: Self) -> Self {
-        for std::cmp::Reverse(r) in other.heap {
-            self.offer(r.similarity, r.id, r.row);
-        }
-        self
-    }
-
-    pub(crate) fn into_sorted(self) -> Vec<(f32, usize)> {
-        let mut all: Vec<Ranked> = self.heap.into_iter().map(|r| r.0).collect();
-        all.sort_by(|a, b| b.cmp(a));
-        all.into_iter().map(|r| (r.similarity, r.row)).collect()
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn encode_puts<'a>(puts: impl ExactSizeIterator<Item = (&'a Clause, &'a [f32])>) -> Vec<u8> {
-    let mut out = vec![FRAME_PUT];
-    out.extend_from_slice(&(puts.len() as u32).to_le_bytes());
-    for (clause, vector) in puts {
-        out.extend_from_slice(&clause.id.to_le_bytes());
-        put_str(&mut out, &clause.split);
-        put_str(&mut out, &clause.label);
-        put_str(&mut out, &clause.text);
-        out.extend_from_slice(&clause.hash);
-        for v in vector {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
-/// A cursor over a frame's payload; every read is bounds-checked.
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.bytes.len() < n {
-            return None;
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let len = self.u32()? as usize;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
-    }
-}
-
-/// Rebuilds the state from the log, frame by frame (streamed: the file is as
-/// large as the store, and holding it whole beside the state doubled the
-/// memory a start needed). Returns the state and the length of the intact
-/// prefix (shorter than the file when the last frame was torn).
-fn replay(
-    path: &Path,
-    file: &File,
-    len: u64,
-    dimension: usize,
-) -> Result<(State, u64), StoreError> {
-    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut header = [0u8; HEADER_LEN as usize];
-    if len < HEADER_LEN || input.read_exact(&mut header).is_err() || &header[..16] != MAGIC {
-        return Err(storage(path, "is not a Lextral store log (bad header)"));
-    }
-    let stored = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
-    if stored != dimension {
-        return Err(StoreError::DimensionMismatchInIndex {
-            stored,
-            configured: dimension,
-        });
-    }
-    let mut state = State::default();
-    // Room for every record the file could hold, reserved once instead of
-    // growing by doubling (copies of gigabytes at 1M vectors). Untouched
-    // capacity costs no resident memory.
-    let most = usize::try_from(len).unwrap_or(usize::MAX) / (dimension * 4 + 52).max(1);
-    state.vectors.reserve_exact(most * dimension);
-    state
-        .codes
-        .reserve_exact(most * quantized::words(dimension));
-    state.norms.reserve_exact(most);
-    state.clauses.reserve_exact(most);
-    state.by_hash.reserve(most);
-    state.by_id.reserve(most);
-    let read_error = |err: std::io::Error| storage(path, err);
-    let mut offset = HEADER_LEN;
-    let mut payload = Vec::new();
-    let mut vector = vec![0f32; dimension];
-    while offset < len {
-        let rest = len - offset;
-        if rest < 8 {
-            break; // torn frame header
-        }
-        let mut frame = [0u8; 8];
-        input.read_exact(&mut frame).map_err(read_error)?;
-        let frame_len = u64::from(u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")));
-        let crc = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes"));
-        if rest < 8 + frame_len {
-            break; // torn frame body
-        }
-        payload.resize(frame_len as usize, 0);
-        input.read_exact(&mut payload).map_err(read_error)?;
-        let last = offset + 8 + frame_len == len;
-        if crc32fast::hash(&payload) != crc {
-            if last {
-                break; // torn while being written
-            }
-            return Err(storage(
-                path,
-                format!(
-                    "is corrupt at byte {offset} (checksum mismatch before the end of the \
-                     log); restore it from a backup or remove it and re-index"
-                ),
-            ));
-        }
-        let malformed = || storage(path, format!("has a malformed record at byte {offset}"));
-        let mut reader = Reader { bytes: &payload };
-        let kind = reader.take(1).ok_or_else(malformed)?[0];
-        let count = reader.u32().ok_or_else(malformed)?;
-        for _ in 0..count {
-            match kind {
-                FRAME_PUT => {
-                    let id = reader.i64().ok_or_else(malformed)?;
-                    let split = reader.string().ok_or_else(malformed)?;
-                    let label = reader.string().ok_or_else(malformed)?;
-                    let text = reader.string().ok_or_else(malformed)?;
-                    let hash: [u8; 32] = reader
-                        .take(32)
-                        .and_then(|h| h.try_into().ok())
-                        .ok_or_else(malformed)?;
-                    let raw = reader.take(dimension * 4).ok_or_else(malformed)?;
-                    for (v, b) in vector.iter_mut().zip(raw.chunks_exact(4)) {
-                        *v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                    }
-                    state.put(clause(id, split, label, text, hash), &vector);
-                }
-                FRAME_DELETE => {
-                    let id = reader.i64().ok_or_else(malformed)?;
-                    state.delete(id, dimension);
-                }
-                _ => return Err(malformed()),
-            }
-        }
-        offset += 8 + frame_len;
-    }
-    Ok((state, offset))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::log::{FRAME_PUT, HEADER_LEN};
     use super::*;
 
     /// A pseudo-random unit vector per seed (distinct for distinct seeds).
@@ -1088,17 +732,5 @@ mod tests {
         let all = store.search(queries, &wide).await.unwrap();
         // 30,000 candidates cover the whole store: the exact answer.
         assert_eq!(texts(all), texts(want));
-    }
-
-    #[test]
-    fn top_k_breaks_ties_by_id_whatever_the_split() {
-        let mut a = TopK::new(2);
-        a.offer(0.5, 7, 0);
-        a.offer(0.9, 3, 1);
-        let mut b = TopK::new(2);
-        b.offer(0.5, 2, 2);
-        b.offer(0.1, 1, 3);
-        assert_eq!(a.merge(b).into_sorted(), vec![(0.9, 1), (0.5, 2)]);
-        assert!((dot(&[1.0; 19], &[2.0; 19]) - 38.0).abs() < 1e-6);
     }
 }
