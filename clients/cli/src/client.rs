@@ -33,7 +33,8 @@ impl ServerArgs {
                     self.server
                 )
             })?;
-        Ok(OrchestratorServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+        Ok(OrchestratorServiceClient::new(channel)
+            .max_decoding_message_size(lextral_common::MAX_MESSAGE_BYTES))
     }
 }
 

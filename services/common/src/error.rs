@@ -100,15 +100,28 @@ pub trait ServiceError: std::error::Error {
     fn error_code(&self) -> ServiceErrorCode;
 }
 
-/// Converts a service error into a gRPC status, logging server faults and
-/// hiding their details from the caller.
-pub fn into_status<E: ServiceError>(err: E) -> Status {
+/// The code and the message a caller may see: the error itself, or for a
+/// server fault a generic message, the details going to the log only. gRPC
+/// and HTTP answers both go through here.
+pub fn client_message<E: ServiceError + ?Sized>(err: &E) -> (ServiceErrorCode, String) {
     let code = err.error_code();
     if code.is_client_visible() {
-        Status::new(code.grpc_code(), err.to_string())
+        (code, err.to_string())
     } else {
         tracing::error!(error = %err, "internal error");
-        Status::internal("internal error")
+        (code, "internal error".to_owned())
+    }
+}
+
+/// Converts a service error into a gRPC status (see [`client_message`]).
+pub fn into_status<E: ServiceError>(err: E) -> Status {
+    let (code, message) = client_message(&err);
+    Status::new(code.grpc_code(), message)
+}
+
+impl ServiceError for crate::limits::TextLimitError {
+    fn error_code(&self) -> ServiceErrorCode {
+        ServiceErrorCode::BadRequest
     }
 }
 

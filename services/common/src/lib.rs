@@ -1,15 +1,23 @@
 //! What every Lextral service shares: one error-code table for gRPC and HTTP,
-//! tracing set-up, Prometheus metrics, shutdown signals and gRPC bootstrap.
+//! tracing set-up, Prometheus metrics, shutdown signals, gRPC bootstrap,
+//! client channels, request limits and secrets.
 
+pub mod client;
 pub mod error;
 pub mod fs;
 pub mod labels;
+pub mod limits;
 pub mod metrics;
+pub mod provider;
+pub mod secrets;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use error::{into_status, ServiceError, ServiceErrorCode};
+pub use client::{lazy_channel, MAX_MESSAGE_BYTES};
+pub use error::{client_message, into_status, ServiceError, ServiceErrorCode};
+pub use limits::{TextLimitError, TextLimits};
+pub use secrets::{api_key_from_env, ApiKey, SecretError};
 
 /// A memory field of this process from `/proc/self/status` (`"VmRSS"`,
 /// `"VmHWM"`), in bytes; `None` off Linux.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use lextral_common::TextLimits;
 use lextral_embedding::default_model;
 
 // One place per default: the flags and the `with_*` constructors share them.
@@ -70,21 +71,13 @@ pub struct EmbedderConfig {
     pub timeout_s: u64,
 }
 
-/// Request limits enforced by the gRPC handler.
-#[derive(Debug, Clone, Copy)]
-pub struct EmbedLimits {
-    /// Texts per call.
-    pub max_texts: usize,
-    /// Bytes per text.
-    pub max_text_bytes: usize,
-}
-
 impl EmbedderConfig {
-    /// The handler's limits.
-    pub fn limits(&self) -> EmbedLimits {
-        EmbedLimits {
+    /// The handler's limits: any text within them is embedded, blank ones too.
+    pub fn limits(&self) -> TextLimits {
+        TextLimits {
             max_texts: self.max_texts_per_request,
             max_text_bytes: self.max_text_bytes,
+            refuse_blank: false,
         }
     }
 

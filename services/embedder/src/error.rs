@@ -1,24 +1,14 @@
 //! Embedder errors and their place in the shared code table.
 
-use lextral_common::{ServiceError, ServiceErrorCode};
+use lextral_common::{ServiceError, ServiceErrorCode, TextLimitError};
 use lextral_embedding::EmbeddingError;
 
 /// What can go wrong in the embedder.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EmbedderError {
-    /// No texts in the request.
-    #[error("texts must not be empty")]
-    NoTexts,
-    /// Too many texts in one request.
-    #[error("{count} texts in one request; the limit is {max}")]
-    TooManyTexts { count: usize, max: usize },
-    /// One text is over the byte limit.
-    #[error("text {index} is {bytes} bytes; the limit is {max}")]
-    TextTooLong {
-        index: usize,
-        bytes: usize,
-        max: usize,
-    },
+    /// The texts break the request limits.
+    #[error(transparent)]
+    Limits(#[from] TextLimitError),
     /// The batching queue is full.
     #[error("embedder overloaded: {capacity} requests already queued")]
     QueueFull { capacity: usize },
@@ -36,9 +26,7 @@ pub enum EmbedderError {
 impl ServiceError for EmbedderError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {
-            Self::NoTexts | Self::TooManyTexts { .. } | Self::TextTooLong { .. } => {
-                ServiceErrorCode::BadRequest
-            }
+            Self::Limits(_) => ServiceErrorCode::BadRequest,
             Self::QueueFull { .. } => ServiceErrorCode::ResourceExhausted,
             Self::Stopped => ServiceErrorCode::Unavailable,
             Self::ModelLoad { .. } => ServiceErrorCode::FailedPrecondition,

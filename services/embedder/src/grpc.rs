@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lextral_common::into_status;
+use lextral_common::{into_status, TextLimits};
 use lextral_proto::v1::{
     embedder_service_server::EmbedderService, EmbedRequest, EmbedResponse,
     EmbedderServiceInfoRequest, EmbedderServiceInfoResponse, Embedding,
@@ -10,45 +10,20 @@ use lextral_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::batcher::EmbedQueue;
-use crate::config::EmbedLimits;
+
 use crate::error::EmbedderError;
 
 /// Implements `lextral.v1.EmbedderService`.
 pub struct EmbedderGrpc {
     queue: Arc<EmbedQueue>,
-    limits: EmbedLimits,
+    limits: TextLimits,
 }
 
 impl EmbedderGrpc {
     /// Serves `queue` with `limits`.
-    pub fn new(queue: Arc<EmbedQueue>, limits: EmbedLimits) -> Self {
+    pub fn new(queue: Arc<EmbedQueue>, limits: TextLimits) -> Self {
         Self { queue, limits }
     }
-}
-
-/// Checks a batch of texts against the limits.
-pub fn validate_texts(texts: &[String], limits: EmbedLimits) -> Result<(), EmbedderError> {
-    if texts.is_empty() {
-        return Err(EmbedderError::NoTexts);
-    }
-    if texts.len() > limits.max_texts {
-        return Err(EmbedderError::TooManyTexts {
-            count: texts.len(),
-            max: limits.max_texts,
-        });
-    }
-    if let Some((index, text)) = texts
-        .iter()
-        .enumerate()
-        .find(|(_, text)| text.len() > limits.max_text_bytes)
-    {
-        return Err(EmbedderError::TextTooLong {
-            index,
-            bytes: text.len(),
-            max: limits.max_text_bytes,
-        });
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -59,7 +34,9 @@ impl EmbedderService for EmbedderGrpc {
         request: Request<EmbedRequest>,
     ) -> Result<Response<EmbedResponse>, Status> {
         let EmbedRequest { texts, normalize } = request.into_inner();
-        validate_texts(&texts, self.limits).map_err(into_status)?;
+        self.limits
+            .check(&texts)
+            .map_err(|err| into_status(EmbedderError::from(err)))?;
         let embeddings = self
             .queue
             .embed(texts, normalize)
@@ -95,33 +72,22 @@ impl EmbedderService for EmbedderGrpc {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use lextral_common::{ServiceError, ServiceErrorCode};
 
-    const LIMITS: EmbedLimits = EmbedLimits {
-        max_texts: 2,
-        max_text_bytes: 5,
-    };
+    use super::*;
+    use crate::EmbedderConfig;
 
     #[test]
     fn validation_names_the_problem() {
-        assert!(matches!(
-            validate_texts(&[], LIMITS),
-            Err(EmbedderError::NoTexts)
-        ));
+        let limits = TextLimits {
+            max_texts: 2,
+            ..EmbedderConfig::with_model("m").limits()
+        };
         let three = vec!["a".to_owned(); 3];
-        assert!(matches!(
-            validate_texts(&three, LIMITS),
-            Err(EmbedderError::TooManyTexts { count: 3, max: 2 })
-        ));
-        let long = vec!["ok".to_owned(), "toolong".to_owned()];
-        assert!(matches!(
-            validate_texts(&long, LIMITS),
-            Err(EmbedderError::TextTooLong {
-                index: 1,
-                bytes: 7,
-                max: 5
-            })
-        ));
-        assert!(validate_texts(&["".to_owned()], LIMITS).is_ok());
+        let err = EmbedderError::from(limits.check(&three).unwrap_err());
+        assert_eq!(err.to_string(), "3 texts in one request; the limit is 2");
+        assert_eq!(err.error_code(), ServiceErrorCode::BadRequest);
+        // The embedder embeds whatever it is sent, blank texts too.
+        assert!(limits.check(&["".to_owned()]).is_ok());
     }
 }

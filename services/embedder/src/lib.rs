@@ -14,7 +14,7 @@ use lextral_proto::v1::embedder_service_server::EmbedderServiceServer;
 use tokio::net::TcpListener;
 
 pub use batcher::EmbedQueue;
-pub use config::{EmbedLimits, EmbedderConfig};
+pub use config::EmbedderConfig;
 pub use error::EmbedderError;
 pub use grpc::EmbedderGrpc;
 use lextral_embedding::{resolve_model_dir, SentenceEmbedder};

@@ -34,12 +34,14 @@ impl ServiceError for FinetunedError {
             Self::NoModel(_) => ServiceErrorCode::FailedPrecondition,
             Self::Model(ModelError::BadInput(_)) => ServiceErrorCode::BadRequest,
             Self::Model(ModelError::Inference(_)) => ServiceErrorCode::Internal,
-            Self::Model(_) => ServiceErrorCode::FailedPrecondition,
+            Self::Model(ModelError::Missing { .. } | ModelError::Corrupt { .. }) => {
+                ServiceErrorCode::FailedPrecondition
+            }
             Self::Embedder(_) => ServiceErrorCode::Unavailable,
             Self::Remote(err) => {
                 use crate::mistral::MistralError;
                 match err {
-                    MistralError::NoKey | MistralError::KeyFile { .. } => {
+                    MistralError::NoKey | MistralError::KeyFile(_) => {
                         ServiceErrorCode::FailedPrecondition
                     }
                     MistralError::Api {
@@ -49,7 +51,9 @@ impl ServiceError for FinetunedError {
                     MistralError::Api {
                         status: 400..=499, ..
                     } => ServiceErrorCode::BadRequest,
-                    _ => ServiceErrorCode::Unavailable,
+                    MistralError::Api { .. }
+                    | MistralError::Transport(_)
+                    | MistralError::Protocol(_) => ServiceErrorCode::Unavailable,
                 }
             }
             Self::Internal(_) => ServiceErrorCode::Internal,

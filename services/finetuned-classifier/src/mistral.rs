@@ -5,9 +5,10 @@
 //! logged (`Debug` redacts it).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
+use lextral_common::provider::provider_message;
+use lextral_common::ApiKey;
 use serde_json::{json, Value};
 
 /// Mistral's public API.
@@ -19,14 +20,9 @@ pub enum MistralError {
     /// No key configured.
     #[error("no Mistral API key: set MISTRAL_API_KEY or MISTRAL_API_KEY_FILE")]
     NoKey,
-    /// The key file could not be read.
-    #[error("cannot read the Mistral API key file {path}: {reason}")]
-    KeyFile {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
+    /// The key file is named but unreadable or empty.
+    #[error("Mistral API key: {0}")]
+    KeyFile(String),
     /// Network failure.
     #[error("Mistral API unreachable: {0}")]
     Transport(String),
@@ -47,7 +43,7 @@ pub enum MistralError {
 #[derive(Clone)]
 pub struct MistralClient {
     base_url: String,
-    api_key: String,
+    api_key: ApiKey,
     http: reqwest::Client,
 }
 
@@ -60,31 +56,16 @@ impl std::fmt::Debug for MistralClient {
     }
 }
 
-/// Reads the key: `MISTRAL_API_KEY`, else the file named by `MISTRAL_API_KEY_FILE`.
-pub fn api_key_from_env() -> Result<String, MistralError> {
-    if let Some(key) = std::env::var("MISTRAL_API_KEY")
-        .ok()
-        .filter(|k| !k.trim().is_empty())
-    {
-        return Ok(key.trim().to_owned());
-    }
-    let Some(path) = std::env::var_os("MISTRAL_API_KEY_FILE") else {
-        return Err(MistralError::NoKey);
-    };
-    let key = std::fs::read_to_string(&path).map_err(|err| MistralError::KeyFile {
-        path: Path::new(&path).display().to_string(),
-        reason: err.to_string(),
-    })?;
-    let key = key.trim().to_owned();
-    if key.is_empty() {
-        return Err(MistralError::NoKey);
-    }
-    Ok(key)
+/// Reads the key: the file named by `MISTRAL_API_KEY_FILE`, else `MISTRAL_API_KEY`.
+pub fn api_key_from_env() -> Result<ApiKey, MistralError> {
+    lextral_common::api_key_from_env(&["MISTRAL_API_KEY"])
+        .map_err(|err| MistralError::KeyFile(err.to_string()))?
+        .ok_or(MistralError::NoKey)
 }
 
 impl MistralClient {
     /// A client for `base_url` with `api_key`.
-    pub fn new(base_url: &str, api_key: String, timeout: Duration) -> Result<Self, MistralError> {
+    pub fn new(base_url: &str, api_key: ApiKey, timeout: Duration) -> Result<Self, MistralError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -110,7 +91,7 @@ impl MistralClient {
     /// [`MistralError::Api`] with the provider's message.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, MistralError> {
         let response = request
-            .bearer_auth(&self.api_key)
+            .bearer_auth(self.api_key.expose())
             .send()
             .await
             .map_err(|err| MistralError::Transport(err.without_url().to_string()))?;
@@ -120,17 +101,9 @@ impl MistralClient {
             .await
             .map_err(|err| MistralError::Transport(err.without_url().to_string()))?;
         if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.get("message")
-                        .or_else(|| v.get("detail"))
-                        .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_owned))
-                })
-                .unwrap_or_else(|| body.chars().take(300).collect());
             return Err(MistralError::Api {
                 status: status.as_u16(),
-                message,
+                message: provider_message(&body),
             });
         }
         serde_json::from_str(&body).map_err(|err| MistralError::Protocol(err.to_string()))

@@ -4,13 +4,14 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use lextral_common::{lazy_channel, TextLimits, MAX_MESSAGE_BYTES};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient, EmbedRequest, FinetunedClassification,
     LabelScore,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::FinetunedConfig;
 use crate::error::FinetunedError;
@@ -31,12 +32,7 @@ pub struct FinetunedService {
 impl FinetunedService {
     /// Creates the service; `load` must be called to load the model.
     pub fn new(config: FinetunedConfig) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(config.embedder_url.clone())
-            .map_err(|err| anyhow::anyhow!("bad embedder URL {:?}: {err}", config.embedder_url))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(config.request_timeout())
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = lazy_channel("embedder", &config.embedder_url, config.request_timeout())?;
         let remote = match &config.mistral_model {
             Some(model) => Some((
                 crate::mistral::MistralClient::new(
@@ -53,7 +49,7 @@ impl FinetunedService {
             config,
             current: RwLock::new(None),
             embedder: EmbedderServiceClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024),
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             reload_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -105,28 +101,13 @@ impl FinetunedService {
     }
 
     fn validate(&self, texts: &[String]) -> Result<(), FinetunedError> {
-        if texts.is_empty() {
-            return Err(FinetunedError::BadRequest("texts must not be empty".into()));
+        TextLimits {
+            max_texts: self.config.max_texts,
+            max_text_bytes: self.config.max_text_bytes,
+            refuse_blank: false,
         }
-        if texts.len() > self.config.max_texts {
-            return Err(FinetunedError::BadRequest(format!(
-                "{} texts in one request; the limit is {}",
-                texts.len(),
-                self.config.max_texts
-            )));
-        }
-        if let Some((index, text)) = texts
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.len() > self.config.max_text_bytes)
-        {
-            return Err(FinetunedError::BadRequest(format!(
-                "text {index} is {} bytes; the limit is {}",
-                text.len(),
-                self.config.max_text_bytes
-            )));
-        }
-        Ok(())
+        .check(texts)
+        .map_err(|err| FinetunedError::BadRequest(err.to_string()))
     }
 
     /// Classifies `texts`, returning the top label and `top_k` alternatives.

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use lextral_common::{lazy_channel, TextLimits, MAX_MESSAGE_BYTES};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient,
     finetuned_classifier_service_client::FinetunedClassifierServiceClient,
@@ -14,7 +15,7 @@ use lextral_proto::v1::{
     PromptOptions, QueryVector, SearchRequest, StageLatency, StatsRequest, Strategy, UpsertRecord,
     UpsertRequest, VoteMethod,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
@@ -98,14 +99,7 @@ struct KnnParams {
 }
 
 fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    // Lazy: services may start in any order; calls fail UNAVAILABLE until
-    // the peer is up.
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|err| anyhow::anyhow!("bad downstream URL {url:?}: {err}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+    lazy_channel("downstream", url, timeout)
 }
 
 impl Orchestrator {
@@ -116,19 +110,19 @@ impl Orchestrator {
         let retriever_channel = channel(&config.retriever_url, config.request_timeout())?;
         Ok(Self {
             embedder: EmbedderServiceClient::new(embedder_channel.clone())
-                .max_decoding_message_size(64 * 1024 * 1024),
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             retriever: RetrieverServiceClient::new(retriever_channel.clone())
-                .max_decoding_message_size(64 * 1024 * 1024),
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             finetuned: FinetunedClassifierServiceClient::new(channel(
                 &config.finetuned_url,
                 config.request_timeout(),
             )?)
-            .max_decoding_message_size(64 * 1024 * 1024),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
             prompt: PromptClassifierServiceClient::new(channel(
                 &config.prompt_url,
                 config.request_timeout(),
             )?)
-            .max_decoding_message_size(64 * 1024 * 1024),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
             fixed_labels: config
                 .labels_file
                 .as_deref()
@@ -148,33 +142,13 @@ impl Orchestrator {
     }
 
     fn validate_texts(&self, texts: &[String]) -> Result<(), OrchestratorError> {
-        if texts.is_empty() {
-            return Err(OrchestratorError::InvalidArgument(
-                "texts must not be empty".into(),
-            ));
+        TextLimits {
+            max_texts: self.config.max_texts,
+            max_text_bytes: self.config.max_text_bytes,
+            refuse_blank: true,
         }
-        if texts.len() > self.config.max_texts {
-            return Err(OrchestratorError::InvalidArgument(format!(
-                "{} texts in one request; the limit is {}",
-                texts.len(),
-                self.config.max_texts
-            )));
-        }
-        for (index, text) in texts.iter().enumerate() {
-            if text.trim().is_empty() {
-                return Err(OrchestratorError::InvalidArgument(format!(
-                    "text {index} is empty"
-                )));
-            }
-            if text.len() > self.config.max_text_bytes {
-                return Err(OrchestratorError::InvalidArgument(format!(
-                    "text {index} is {} bytes; the limit is {}",
-                    text.len(),
-                    self.config.max_text_bytes
-                )));
-            }
-        }
-        Ok(())
+        .check(texts)
+        .map_err(|err| OrchestratorError::InvalidArgument(err.to_string()))
     }
 
     fn knn_params(&self, options: Option<KnnOptions>) -> Result<KnnParams, OrchestratorError> {

@@ -1,7 +1,8 @@
 //! Chat-completions backend for Mistral's API and any OpenAI-compatible
 //! server (vLLM, Ollama, llama.cpp server, LM Studio): `POST
 //! {base}/chat/completions` with temperature 0. Retries 429 and 5xx with
-//! exponential backoff and full jitter, honouring `Retry-After`; never
+//! exponential backoff and jitter (each wait drawn between half and all of
+//! its ceiling), honouring `Retry-After`; never
 //! sleeps past the caller's deadline; a semaphore caps calls in flight.
 
 use std::fmt;
@@ -11,50 +12,10 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+use lextral_common::provider::provider_message;
+use lextral_common::ApiKey;
+
 use crate::backend::{truncate_estimated, Completion, CompletionRequest, LlmBackend, LlmError};
-
-/// An API key that never prints.
-#[derive(Clone)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// Wraps a key.
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
-
-/// Reads a key from the first set variable of `vars`; a variable named
-/// `X_FILE` names a file holding the key (Kubernetes secrets mounted as
-/// files). Returns `None` when none is set.
-pub fn api_key_from_env(vars: &[&str]) -> Result<Option<ApiKey>, LlmError> {
-    for var in vars {
-        if let Ok(path) = std::env::var(format!("{var}_FILE")) {
-            let key = std::fs::read_to_string(&path).map_err(|err| {
-                LlmError::NotConfigured(format!("cannot read {var}_FILE ({path}): {err}"))
-            })?;
-            let key = key.trim();
-            if key.is_empty() {
-                return Err(LlmError::NotConfigured(format!(
-                    "{var}_FILE ({path}) is empty"
-                )));
-            }
-            return Ok(Some(ApiKey::new(key)));
-        }
-        if let Ok(key) = std::env::var(var) {
-            if !key.trim().is_empty() {
-                return Ok(Some(ApiKey::new(key.trim())));
-            }
-        }
-    }
-    Ok(None)
-}
 
 /// Retry policy.
 #[derive(Debug, Clone)]
@@ -188,7 +149,7 @@ impl ChatBackend {
             .timeout(self.settings.timeout.min(remaining))
             .json(&body);
         if let Some(key) = &self.settings.api_key {
-            call = call.bearer_auth(&key.0);
+            call = call.bearer_auth(key.expose());
         }
         let response = match call.send().await {
             Ok(r) => r,
@@ -279,19 +240,6 @@ impl ChatBackend {
         // Full jitter spreads clients that failed together.
         ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
     }
-}
-
-/// The provider's error message from an OpenAI/Mistral error body, else
-/// the start of the body.
-fn provider_message(body: &str) -> String {
-    let value: Option<serde_json::Value> = serde_json::from_str(body).ok();
-    let message = value.as_ref().and_then(|v| {
-        v.pointer("/error/message")
-            .or_else(|| v.get("message"))
-            .or_else(|| v.get("detail"))
-            .and_then(|m| m.as_str().map(str::to_owned))
-    });
-    message.unwrap_or_else(|| body.chars().take(200).collect())
 }
 
 #[tonic::async_trait]
@@ -623,30 +571,5 @@ mod tests {
             concurrency: 1,
         };
         assert!(!format!("{settings:?}").contains("secret"));
-    }
-
-    #[test]
-    fn keys_come_from_env_or_file() {
-        let dir = std::env::temp_dir().join(format!("lextral-key-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("key");
-        std::fs::write(&file, "sk-from-file\n").unwrap();
-        // Variable names unique to this test: the environment is shared.
-        std::env::set_var("LEXTRAL_TEST_KEY_A_FILE", &file);
-        std::env::set_var("LEXTRAL_TEST_KEY_B", "sk-from-env");
-        let key = api_key_from_env(&["LEXTRAL_TEST_KEY_A", "LEXTRAL_TEST_KEY_B"])
-            .unwrap()
-            .unwrap();
-        assert_eq!(key.0, "sk-from-file");
-        let key = api_key_from_env(&["LEXTRAL_TEST_KEY_NONE", "LEXTRAL_TEST_KEY_B"])
-            .unwrap()
-            .unwrap();
-        assert_eq!(key.0, "sk-from-env");
-        assert!(api_key_from_env(&["LEXTRAL_TEST_KEY_NONE"])
-            .unwrap()
-            .is_none());
-        std::env::set_var("LEXTRAL_TEST_KEY_C_FILE", dir.join("missing"));
-        assert!(api_key_from_env(&["LEXTRAL_TEST_KEY_C"]).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,14 +6,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use lextral_common::{lazy_channel, TextLimits, MAX_MESSAGE_BYTES};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient, EmbedRequest, FewShotExamples,
     PromptClassification, PromptMode,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::backend::{CompletionRequest, LlmBackend};
-use crate::chat::{api_key_from_env, ChatSettings, RetryPolicy};
+use crate::chat::{ChatSettings, RetryPolicy};
 use crate::config::{PromptConfig, DEFAULT_MISTRAL_MODEL, MISTRAL_URL, OPENAI_URL};
 use crate::error::PromptError;
 use crate::local::LocalBackend;
@@ -89,15 +90,8 @@ impl PromptService {
         }
         let embedder = match &config.embedder_url {
             Some(url) => Some(
-                EmbedderServiceClient::new(
-                    Endpoint::from_shared(url.clone())
-                        .map_err(|err| anyhow::anyhow!("bad embedder URL {url:?}: {err}"))?
-                        .connect_timeout(Duration::from_secs(5))
-                        .timeout(Duration::from_secs(30))
-                        .tcp_nodelay(true)
-                        .connect_lazy(),
-                )
-                .max_decoding_message_size(64 * 1024 * 1024),
+                EmbedderServiceClient::new(lazy_channel("embedder", url, Duration::from_secs(30))?)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
             ),
             None => None,
         };
@@ -131,7 +125,7 @@ impl PromptService {
                 kind,
                 base_url: config.url.clone().unwrap_or_else(|| url.to_owned()),
                 model: model.to_owned(),
-                api_key: api_key_from_env(key_vars).map_err(|err| anyhow::anyhow!("{err}"))?,
+                api_key: lextral_common::api_key_from_env(key_vars)?,
                 timeout: config.timeout(),
                 retry: retry.clone(),
                 concurrency: config.concurrency,
@@ -196,28 +190,13 @@ impl PromptService {
 
     fn validate(&self, input: &ClassifyInput) -> Result<(), PromptError> {
         let bad = |m: String| Err(PromptError::BadRequest(m));
-        if input.texts.is_empty() {
-            return bad("texts must not be empty".into());
+        TextLimits {
+            max_texts: self.config.max_texts,
+            max_text_bytes: self.config.max_text_bytes,
+            refuse_blank: true,
         }
-        if input.texts.len() > self.config.max_texts {
-            return bad(format!(
-                "{} texts in one request; the limit is {}",
-                input.texts.len(),
-                self.config.max_texts
-            ));
-        }
-        for (i, text) in input.texts.iter().enumerate() {
-            if text.trim().is_empty() {
-                return bad(format!("text {i} is empty"));
-            }
-            if text.len() > self.config.max_text_bytes {
-                return bad(format!(
-                    "text {i} is {} bytes; the limit is {}",
-                    text.len(),
-                    self.config.max_text_bytes
-                ));
-            }
-        }
+        .check(&input.texts)
+        .map_err(|err| PromptError::BadRequest(err.to_string()))?;
         if input.labels.is_empty() {
             return bad("labels must not be empty: send the label set to choose from".into());
         }

@@ -153,6 +153,8 @@ mod tests {
     use axum::routing::{get, post};
     use axum::{Json, Router};
 
+    use lextral_common::ApiKey;
+
     use super::*;
 
     const KEY: &str = "sk-test-secret";
@@ -251,7 +253,7 @@ mod tests {
     #[tokio::test]
     async fn speaks_the_classifier_and_fine_tuning_wire_format() {
         let (url, seen) = server().await;
-        let client = MistralClient::new(&url, KEY.into(), Duration::from_secs(10)).unwrap();
+        let client = MistralClient::new(&url, ApiKey::new(KEY), Duration::from_secs(10)).unwrap();
         assert!(
             !format!("{client:?}").contains(KEY),
             "the key must never be printed"
@@ -325,7 +327,8 @@ mod tests {
         );
         assert!(missing.to_string().contains("job not found"));
 
-        let wrong = MistralClient::new(&url, "sk-wrong".into(), Duration::from_secs(10)).unwrap();
+        let wrong =
+            MistralClient::new(&url, ApiKey::new("sk-wrong"), Duration::from_secs(10)).unwrap();
         let err = wrong.classify("ft:x", &texts, None).await.unwrap_err();
         assert!(
             matches!(err, MistralError::Api { status: 401, .. }),
