@@ -5,7 +5,7 @@ use std::io::Read;
 use anyhow::Context;
 use clap::Args;
 use lextral_orchestrator::http::reply_body;
-use lextral_orchestrator::names::{parse_strategy, parse_vote};
+use lextral_proto::names::{parse_strategy, parse_vote};
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::{
     CascadeOptions, ClassifyRequest, FinetunedOptions, KnnOptions, PromptOptions, Strategy,

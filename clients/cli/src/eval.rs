@@ -13,7 +13,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lextral_eval::report::{Load, ReportContext, RunReport, StrategyReport};
 use lextral_eval::{files, read_predictions, write_run_reports, Journal, Prediction};
-use lextral_orchestrator::names::strategy_name;
+use lextral_proto::names::strategy_name;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::{OrchestratorServiceInfoRequest, Strategy};
 use sha2::{Digest, Sha256};
@@ -295,8 +295,7 @@ fn strategy_names(args: &StrategyArgs) -> anyhow::Result<Vec<String>> {
         if name.is_empty() {
             anyhow::bail!("--strategy has an empty entry: {:?}", args.strategy);
         }
-        let parsed =
-            lextral_orchestrator::names::parse_strategy(name).map_err(anyhow::Error::msg)?;
+        let parsed = lextral_proto::names::parse_strategy(name).map_err(anyhow::Error::msg)?;
         let canonical = strategy_name(parsed).to_owned();
         if !names.contains(&canonical) {
             names.push(canonical);

@@ -6,11 +6,13 @@
 //! the same type, so both compute the same vectors.
 
 mod bert;
+mod cache;
 mod error;
 mod kernels;
 mod matmul;
 mod sentence;
 
+pub use cache::embed_cached;
 pub use error::EmbeddingError;
 pub use sentence::{
     default_model, l2_normalize, resolve_model_dir, ModelInfo, Pooling, SentenceEmbedder,

@@ -15,19 +15,18 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use lextral_common::{ServiceError, ServiceErrorCode};
-use lextral_proto::v1::{
-    CascadeOptions, ClassificationResult, ClassifyRequest, ClassifyResponse, FinetunedOptions,
-    KnnOptions, PromptOptions, Strategy,
-};
+use lextral_common::{client_message, ServiceErrorCode};
+use lextral_proto::names::{parse_strategy, parse_vote, strategy_name};
+use lextral_proto::v1::ClassifyResponse;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 
+use crate::domain::{Classification, Classified};
 use crate::error::OrchestratorError;
-use crate::names::{parse_strategy, parse_vote, strategy_name};
-use crate::service::Orchestrator;
+use crate::orchestrator::Orchestrator;
+use crate::plan::{ClassifyInput, KnnInput, VoteKind};
 
 /// A classify request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -220,13 +219,8 @@ impl ApiError {
 
 impl From<OrchestratorError> for ApiError {
     fn from(err: OrchestratorError) -> Self {
-        let code = err.error_code();
-        if code.is_client_visible() {
-            Self::new(code, err.to_string())
-        } else {
-            tracing::error!(error = %err, "internal error");
-            Self::new(code, "internal error")
-        }
+        let (code, message) = client_message(&err);
+        Self::new(code, message)
     }
 }
 
@@ -263,89 +257,126 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn to_request(body: ClassifyBody) -> Result<ClassifyRequest, ApiError> {
-    let strategy = parse_strategy(&body.strategy).map_err(ApiError::bad_request)?;
-    let options = body.options;
-    let vote = match options.vote.as_deref() {
-        Some(name) => parse_vote(name).map_err(ApiError::bad_request)? as i32,
-        None => 0,
-    };
-    Ok(ClassifyRequest {
-        texts: body.texts,
-        strategy: strategy as i32,
-        knn: Some(KnnOptions {
-            k: options.k,
+impl TryFrom<ClassifyBody> for ClassifyInput {
+    type Error = ApiError;
+
+    fn try_from(body: ClassifyBody) -> Result<Self, ApiError> {
+        let ClassifyBody {
+            texts,
+            strategy,
+            options,
+        } = body;
+        let ClassifyOptions {
+            k,
             vote,
-            power: options.power,
-            temperature: options.temperature,
-            min_similarity: options.min_similarity,
-            min_confidence: options.min_confidence,
-            ef_search: options.ef_search,
-            splits: options.splits.unwrap_or_default(),
-        }),
-        finetuned: Some(FinetunedOptions {
-            top_k: options.top_k,
-        }),
-        prompt: Some(PromptOptions {
-            k: options.k,
-            max_output_tokens: options.max_output_tokens,
-        }),
-        cascade: Some(CascadeOptions {
-            min_confidence: options.cascade_min_confidence,
-        }),
-    })
-}
-
-fn result_body(result: ClassificationResult) -> ResultBody {
-    let answered_by = Strategy::try_from(result.answered_by).unwrap_or(Strategy::Unspecified);
-    let has_usage = result.input_tokens > 0 || result.output_tokens > 0;
-    ResultBody {
-        label: result.label,
-        confidence: result.confidence,
-        abstained: result.abstained,
-        abstain_reason: (!result.abstain_reason.is_empty()).then_some(result.abstain_reason),
-        alternatives: result
-            .alternatives
-            .into_iter()
-            .map(|a| LabelScoreBody {
-                label: a.label,
-                score: a.score,
-            })
-            .collect(),
-        neighbors: result
-            .neighbors
-            .into_iter()
-            .map(|n| NeighborBody {
-                id: n.id,
-                label: n.label,
-                similarity: n.similarity,
-                text: n.text,
-                split: n.split,
-            })
-            .collect(),
-        answered_by: strategy_name(answered_by).to_owned(),
-        truncated: result.truncated,
-        raw_output: (!result.raw_output.is_empty()).then_some(result.raw_output),
-        usage: has_usage.then_some(UsageBody {
-            input_tokens: result.input_tokens,
-            output_tokens: result.output_tokens,
-            cost_usd: result.cost_usd,
-        }),
+            power,
+            temperature,
+            min_similarity,
+            min_confidence,
+            ef_search,
+            splits,
+            top_k,
+            max_output_tokens,
+            cascade_min_confidence,
+        } = options;
+        let strategy = parse_strategy(&strategy).map_err(ApiError::bad_request)?;
+        let vote = vote
+            .as_deref()
+            .map(parse_vote)
+            .transpose()
+            .map_err(ApiError::bad_request)?
+            .map(VoteKind::from);
+        Ok(Self {
+            texts,
+            strategy,
+            // One `k` in the flat options: neighbours for kNN, examples for RAG.
+            knn: KnnInput {
+                k,
+                vote,
+                power,
+                temperature,
+                min_similarity,
+                min_confidence,
+                ef_search,
+                splits: splits.unwrap_or_default(),
+            },
+            top_k,
+            cascade_min_confidence,
+            rag_k: k,
+            max_output_tokens,
+        })
     }
 }
 
-/// Converts a gRPC classify response into the REST body.
+impl From<Classification> for ResultBody {
+    fn from(result: Classification) -> Self {
+        let Classification {
+            label,
+            confidence,
+            abstain_reason,
+            alternatives,
+            neighbours,
+            answered_by,
+            truncated,
+            llm,
+        } = result;
+        let has_usage = llm.input_tokens > 0 || llm.output_tokens > 0;
+        Self {
+            label,
+            confidence,
+            abstained: abstain_reason.is_some(),
+            abstain_reason,
+            alternatives: alternatives
+                .into_iter()
+                .map(|a| LabelScoreBody {
+                    label: a.label,
+                    score: a.score,
+                })
+                .collect(),
+            neighbors: neighbours
+                .into_iter()
+                .map(|n| NeighborBody {
+                    id: n.id,
+                    label: n.label,
+                    similarity: n.similarity,
+                    text: n.text,
+                    split: n.split,
+                })
+                .collect(),
+            answered_by: strategy_name(answered_by).to_owned(),
+            truncated,
+            raw_output: (!llm.raw_output.is_empty()).then_some(llm.raw_output),
+            usage: has_usage.then_some(UsageBody {
+                input_tokens: llm.input_tokens,
+                output_tokens: llm.output_tokens,
+                cost_usd: llm.cost_usd,
+            }),
+        }
+    }
+}
+
+impl From<Classified> for ClassifyReply {
+    fn from(classified: Classified) -> Self {
+        Self {
+            strategy: strategy_name(classified.strategy).to_owned(),
+            results: classified
+                .results
+                .into_iter()
+                .map(ResultBody::from)
+                .collect(),
+            latency_ms: classified
+                .latencies
+                .into_iter()
+                .map(|s| (s.stage, s.ms))
+                .collect(),
+        }
+    }
+}
+
+/// Converts a gRPC classify response into the REST body (the CLI prints
+/// gRPC answers as the gateway would answer).
 pub fn reply_body(response: ClassifyResponse) -> ClassifyReply {
-    let strategy = Strategy::try_from(response.strategy).unwrap_or(Strategy::Unspecified);
-    ClassifyReply {
-        strategy: strategy_name(strategy).to_owned(),
-        results: response.results.into_iter().map(result_body).collect(),
-        latency_ms: response
-            .latencies
-            .into_iter()
-            .map(|s| (s.stage, s.ms))
-            .collect(),
-    }
+    Classified::from(response).into()
 }
 
 /// Classify clauses with a strategy.
@@ -368,9 +399,9 @@ async fn classify(
     body: Result<Json<ClassifyBody>, JsonRejection>,
 ) -> Result<Json<ClassifyReply>, ApiError> {
     let Json(body) = body?;
-    let request = to_request(body)?;
+    let plan = orchestrator.plan(ClassifyInput::try_from(body)?)?;
     let timeout = orchestrator.config().request_timeout();
-    let response = tokio::time::timeout(timeout, orchestrator.classify(request))
+    let classified = tokio::time::timeout(timeout, orchestrator.classify(plan))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -378,7 +409,7 @@ async fn classify(
                 format!("no answer within {} s", timeout.as_secs()),
             )
         })??;
-    Ok(Json(reply_body(response)))
+    Ok(Json(classified.into()))
 }
 
 /// List the labels in the index.
@@ -393,10 +424,10 @@ async fn classify(
 async fn labels(
     State(orchestrator): State<Arc<Orchestrator>>,
 ) -> Result<Json<LabelsReply>, ApiError> {
-    let response = orchestrator.labels().await?;
+    let set = orchestrator.labels().await?;
     Ok(Json(LabelsReply {
-        labels: response.labels,
-        counts: response
+        labels: set.labels,
+        counts: set
             .counts
             .into_iter()
             .map(|c| LabelCountBody {

@@ -1,14 +1,22 @@
 //! The orchestrator: composes embedder, retriever and classifiers per
 //! strategy, and serves both the gRPC API and the REST/JSON gateway.
+//!
+//! Layout: `plan` (a request checked once for both protocols), `strategy/*`
+//! (one module per strategy), `downstream` (the clients, readiness, Info
+//! fan-out), `domain` (answers in our own types); `grpc` and `http` convert
+//! between their protocol and those types and do nothing else.
 
-pub mod config;
-pub mod error;
-pub mod grpc;
+mod config;
+mod domain;
+mod downstream;
+mod error;
+mod grpc;
 pub mod http;
 pub mod info;
-pub mod knn;
-pub mod names;
-pub mod service;
+mod orchestrator;
+mod plan;
+mod strategy;
+mod vote;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,9 +27,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::OrchestratorConfig;
+pub use domain::{
+    Classification, Classified, DependencyStatus, IngestOutcome, LabelCount, LabelScore, LabelSet,
+    LabelledClause, LlmUsage, Neighbour, StageLatency,
+};
 pub use error::OrchestratorError;
 pub use grpc::OrchestratorGrpc;
-pub use service::Orchestrator;
+pub use orchestrator::Orchestrator;
+pub use plan::{ClassifyInput, ClassifyPlan, KnnInput, KnnParams, StrategyPlan, VoteKind, MAX_K};
+pub use vote::Vote;
 
 /// Adds the orchestrator's gRPC service to `routes`. It is stateless, so it
 /// is SERVING at once; `/readyz` reports its dependencies.

@@ -2,9 +2,6 @@
 
 use lextral_common::{ServiceError, ServiceErrorCode};
 
-/// Searches ask for 1..=MAX_K neighbours.
-pub const MAX_K: u32 = 100;
-
 /// What can go wrong in the retriever.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{RetrieverConfig, StoreKind};
 use crate::embedded::EmbeddedStore;
-use crate::error::{StoreError, MAX_K};
+use lextral_proto::MAX_SEARCH_K as MAX_K;
+
+use crate::error::StoreError;
 use crate::pg::PgStore;
 use crate::search::SearchTuning;
 

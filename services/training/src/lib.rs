@@ -15,4 +15,4 @@ mod trainable_bert;
 
 pub use finetune::FinetuneConfig;
 pub use head::HeadConfig;
-pub use train::{embed_cached, sign_test_p_value, train, TrainData, TrainOptions};
+pub use train::{sign_test_p_value, train, TrainData, TrainOptions};

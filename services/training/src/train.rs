@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
-use lextral_embedding::SentenceEmbedder;
+use lextral_embedding::{embed_cached, SentenceEmbedder};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use lextral_finetuned_classifier::{
     argmax, log_softmax_in_place, DenseHead, F1Scores, LinearModel, SparseRow, Vectorizer,
@@ -206,58 +205,34 @@ fn fit_lexical(
     })
 }
 
-/// Embeds texts, reusing a cache keyed by model and texts (embedding is the
-/// slowest stage on CPU; re-runs with other settings skip it).
-pub fn embed_cached(
+/// Embeds texts for training, through the embedding cache when there is one.
+fn embed_texts(
     embedder: &SentenceEmbedder,
     texts: &[String],
     cache_dir: Option<&Path>,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
-    let info = embedder.info();
-    let mut hasher = Sha256::new();
-    hasher.update(info.model_id.as_bytes());
-    hasher.update(info.dimension.to_le_bytes());
-    for text in texts {
-        hasher.update(text.as_bytes());
-        hasher.update([0]);
-    }
-    let key = hex::encode(hasher.finalize());
-    let path = cache_dir.map(|d| d.join(format!("{key}.f32")));
-    let dim = info.dimension;
-    if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
-        if bytes.len() == texts.len() * dim * 4 {
-            progress.set_length(texts.len() as u64);
-            progress.set_position(texts.len() as u64);
-            progress.set_message("from cache");
-            return Ok(bytes
-                .chunks_exact(dim * 4)
-                .map(|row| {
-                    row.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect()
-                })
-                .collect());
-        }
-    }
     progress.set_length(texts.len() as u64);
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(32) {
-        for embedding in embedder.embed(chunk, true, 256)? {
-            out.push(embedding.values);
-        }
-        progress.inc(chunk.len() as u64);
-    }
-    if let Some(path) = path {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let bytes: Vec<u8> = out.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, path)?;
-    }
-    Ok(out)
+    let cached = || {
+        progress.set_position(texts.len() as u64);
+        progress.set_message("from cache");
+    };
+    embed_cached(
+        cache_dir,
+        &embedder.info().model_id,
+        texts,
+        cached,
+        |texts| {
+            let mut out = Vec::with_capacity(texts.len());
+            for chunk in texts.chunks(32) {
+                for embedding in embedder.embed(chunk, true, 256)? {
+                    out.push(embedding.values);
+                }
+                progress.inc(chunk.len() as u64);
+            }
+            Ok(out)
+        },
+    )
 }
 
 struct DenseFit {
@@ -407,8 +382,8 @@ pub async fn train(
             let embedder = SentenceEmbedder::load(&model_dir, &options.embed_model)?;
             let cache = options.cache_dir.as_deref();
             let progress = bar(options, 0, "embed");
-            let train_x = embed_cached(&embedder, &train_texts, cache, &progress)?;
-            let val_x = embed_cached(&embedder, &val_texts, cache, &progress)?;
+            let train_x = embed_texts(&embedder, &train_texts, cache, &progress)?;
+            let val_x = embed_texts(&embedder, &val_texts, cache, &progress)?;
             progress.finish();
             stages.done("embed");
             embedding_spec = Some(EmbeddingSpec {

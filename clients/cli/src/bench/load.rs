@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use lextral_eval::metrics::percentile;
-use lextral_orchestrator::names::parse_strategy;
+use lextral_proto::names::parse_strategy;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::ClassifyRequest;
 use serde::Serialize;

@@ -708,60 +708,42 @@ async fn embed_cached(
     cache: &Path,
     what: &str,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
-    let mut hasher = Sha256::new();
-    hasher.update(config.model.as_bytes());
-    for text in texts {
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-    }
-    let path = cache.join(format!("{}.f32", hex::encode(hasher.finalize())));
-    if let Ok(bytes) = std::fs::read(&path) {
-        let values: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        if !values.is_empty() && values.len().is_multiple_of(texts.len()) {
-            let dim = values.len() / texts.len();
-            return Ok(values.chunks(dim).map(<[f32]>::to_vec).collect());
-        }
-    }
     let dir = resolve_model_dir(&config.model).await?;
     let model_id = config.model.clone();
     let max_batch_tokens = config.max_batch_tokens;
     let texts = texts.to_vec();
+    let cache = cache.to_path_buf();
     let progress = ProgressBar::new(texts.len() as u64).with_style(
         ProgressStyle::with_template(&format!(
             "{{spinner}} embedding {what} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
         ))?
         .progress_chars("=> "),
     );
-    let vectors = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<f32>>> {
-        let embedder = SentenceEmbedder::load(&dir, &model_id)?;
-        let mut vectors = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(32) {
-            vectors.extend(
-                embedder
-                    .embed(chunk, true, max_batch_tokens)?
-                    .into_iter()
-                    .map(|e| e.values),
-            );
-            progress.inc(chunk.len() as u64);
-        }
-        progress.finish_and_clear();
-        Ok(vectors)
+    tokio::task::spawn_blocking(move || {
+        lextral_embedding::embed_cached(
+            Some(&cache),
+            &model_id,
+            &texts,
+            || {},
+            |texts| {
+                // The model loads only when the cache misses.
+                let embedder = SentenceEmbedder::load(&dir, &model_id)?;
+                let mut vectors = Vec::with_capacity(texts.len());
+                for chunk in texts.chunks(32) {
+                    vectors.extend(
+                        embedder
+                            .embed(chunk, true, max_batch_tokens)?
+                            .into_iter()
+                            .map(|e| e.values),
+                    );
+                    progress.inc(chunk.len() as u64);
+                }
+                progress.finish_and_clear();
+                Ok(vectors)
+            },
+        )
     })
-    .await??;
-    let bytes: Vec<u8> = vectors
-        .iter()
-        .flatten()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
-    lextral_common::fs::write_atomically(&path, |file| {
-        std::io::Write::write_all(file, &bytes)?;
-        Ok(())
-    })?;
-    Ok(vectors)
+    .await?
 }
 
 /// How synthetic vectors are drawn around the real ones.

@@ -1,7 +1,8 @@
-//! The user-facing names of strategies and vote methods, shared by the REST
-//! gateway and the CLI so both accept exactly the same words.
+//! The user-facing names of strategies and vote methods, beside the enums
+//! they name, so the REST gateway, the CLI and the metrics all use exactly
+//! the same words.
 
-use lextral_proto::v1::{Strategy, VoteMethod};
+use crate::v1::{Strategy, VoteMethod};
 
 /// Every strategy name, in documentation order.
 pub const STRATEGY_NAMES: &[&str] = &["knn", "finetuned", "cascade", "rag", "zero-shot"];

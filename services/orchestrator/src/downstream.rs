@@ -1,0 +1,434 @@
+//! The services the orchestrator composes: one client each, the calls the
+//! strategies make (with their answers in domain types and their sizes
+//! checked), readiness and the Info fan-out. The only module besides
+//! `grpc.rs` that speaks protobuf.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lextral_common::{lazy_channel, MAX_MESSAGE_BYTES};
+use lextral_proto::v1::{
+    embedder_service_client::EmbedderServiceClient,
+    finetuned_classifier_service_client::FinetunedClassifierServiceClient,
+    prompt_classifier_service_client::PromptClassifierServiceClient,
+    retriever_service_client::RetrieverServiceClient, EmbedRequest, EmbedderServiceInfoRequest,
+    FewShotExamples, FinetunedClassifierServiceClassifyRequest,
+    FinetunedClassifierServiceInfoRequest, LabeledText, OrchestratorServiceInfoResponse,
+    PromptClassifierServiceClassifyRequest, PromptClassifierServiceInfoRequest, PromptMode,
+    QueryVector, SearchRequest, StatsRequest, UpsertRecord, UpsertRequest,
+};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+use crate::config::OrchestratorConfig;
+use crate::domain::{
+    DependencyStatus, LabelCount, LabelScore, LabelSet, LabelledClause, Neighbour,
+};
+use crate::error::OrchestratorError;
+use crate::plan::KnnParams;
+
+/// How long one dependency may take to describe itself in `Info`.
+const INFO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a readiness check may take.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A downstream answer must hold one item per input; anything else is a
+/// bug there, reported as INTERNAL.
+fn expect_count(
+    service: &str,
+    got: usize,
+    want: usize,
+    items: &str,
+    inputs: &str,
+) -> Result<(), OrchestratorError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(OrchestratorError::Internal(format!(
+            "{service} returned {got} {items} for {want} {inputs}"
+        )))
+    }
+}
+
+/// One text's embedding.
+pub struct Embedded {
+    /// The unit vector.
+    pub values: Vec<f32>,
+    /// Whether the embedder truncated the text.
+    pub truncated: bool,
+}
+
+/// The fine-tuned classifier's answer for one text.
+pub struct FinetunedAnswer {
+    /// Its label.
+    pub label: String,
+    /// Its probability.
+    pub probability: f32,
+    /// The best labels with their probabilities.
+    pub alternatives: Vec<LabelScore>,
+}
+
+/// The prompt classifier's answer for one text.
+pub struct PromptAnswer {
+    /// The label; empty when the answer matched none.
+    pub label: String,
+    /// Confidence where the backend gives one.
+    pub confidence: Option<f32>,
+    /// The raw answer.
+    pub raw_output: String,
+    /// Prompt tokens.
+    pub input_tokens: u32,
+    /// Generated tokens.
+    pub output_tokens: u32,
+    /// Estimated cost.
+    pub cost_usd: f64,
+    /// Whether the prompt was truncated.
+    pub truncated: bool,
+}
+
+/// Clients for the four services.
+pub struct Downstream {
+    embedder: EmbedderServiceClient<Channel>,
+    retriever: RetrieverServiceClient<Channel>,
+    finetuned: FinetunedClassifierServiceClient<Channel>,
+    prompt: PromptClassifierServiceClient<Channel>,
+    embedder_channel: Channel,
+    retriever_channel: Channel,
+}
+
+fn neighbour(n: lextral_proto::v1::Neighbor) -> Neighbour {
+    Neighbour {
+        id: n.id,
+        label: n.label,
+        similarity: n.similarity,
+        text: n.text,
+        split: n.split,
+    }
+}
+
+impl Downstream {
+    /// Lazy clients for the configured URLs: services may start in any order.
+    pub fn new(config: &OrchestratorConfig) -> anyhow::Result<Self> {
+        let timeout = config.request_timeout();
+        let channel = |url: &str| lazy_channel("downstream", url, timeout);
+        let embedder_channel = channel(&config.embedder_url)?;
+        let retriever_channel = channel(&config.retriever_url)?;
+        Ok(Self {
+            embedder: EmbedderServiceClient::new(embedder_channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            retriever: RetrieverServiceClient::new(retriever_channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            finetuned: FinetunedClassifierServiceClient::new(channel(&config.finetuned_url)?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            prompt: PromptClassifierServiceClient::new(channel(&config.prompt_url)?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            embedder_channel,
+            retriever_channel,
+        })
+    }
+
+    /// Unit vectors of `texts`.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedded>, OrchestratorError> {
+        let count = texts.len();
+        let embeddings = self
+            .embedder
+            .clone()
+            .embed(EmbedRequest {
+                texts,
+                normalize: Some(true),
+            })
+            .await
+            .map_err(OrchestratorError::downstream("embedder"))?
+            .into_inner()
+            .embeddings;
+        expect_count("embedder", embeddings.len(), count, "vectors", "texts")?;
+        Ok(embeddings
+            .into_iter()
+            .map(|e| Embedded {
+                values: e.values,
+                truncated: e.truncated,
+            })
+            .collect())
+    }
+
+    /// The `k` nearest stored clauses of each query that pass `params`'
+    /// similarity floor and splits.
+    pub async fn search(
+        &self,
+        queries: Vec<Vec<f32>>,
+        k: u32,
+        params: &KnnParams,
+    ) -> Result<Vec<Vec<Neighbour>>, OrchestratorError> {
+        let count = queries.len();
+        let results = self
+            .retriever
+            .clone()
+            .search(SearchRequest {
+                queries: queries
+                    .into_iter()
+                    .map(|values| QueryVector { values })
+                    .collect(),
+                k,
+                min_similarity: Some(params.min_similarity),
+                splits: params.splits.clone(),
+                labels: Vec::new(),
+                ef_search: params.ef_search,
+            })
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner()
+            .results;
+        expect_count("retriever", results.len(), count, "results", "queries")?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.neighbors.into_iter().map(neighbour).collect())
+            .collect())
+    }
+
+    /// The fine-tuned classifier's answers.
+    pub async fn finetuned(
+        &self,
+        texts: Vec<String>,
+        top_k: Option<u32>,
+    ) -> Result<Vec<FinetunedAnswer>, OrchestratorError> {
+        let count = texts.len();
+        let results = self
+            .finetuned
+            .clone()
+            .classify(FinetunedClassifierServiceClassifyRequest { texts, top_k })
+            .await
+            .map_err(OrchestratorError::downstream("finetuned-classifier"))?
+            .into_inner()
+            .results;
+        expect_count(
+            "finetuned-classifier",
+            results.len(),
+            count,
+            "results",
+            "texts",
+        )?;
+        Ok(results
+            .into_iter()
+            .map(|r| FinetunedAnswer {
+                label: r.label,
+                probability: r.probability,
+                alternatives: r
+                    .alternatives
+                    .into_iter()
+                    .map(|a| LabelScore {
+                        label: a.label,
+                        score: a.score,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// The prompt classifier's answers: zero-shot without `examples`,
+    /// few-shot with one list of labelled examples per text.
+    pub async fn prompt(
+        &self,
+        texts: Vec<String>,
+        labels: Vec<String>,
+        examples: Option<&[Vec<Neighbour>]>,
+        max_output_tokens: Option<u32>,
+    ) -> Result<Vec<PromptAnswer>, OrchestratorError> {
+        let count = texts.len();
+        let (mode, examples) = match examples {
+            None => (PromptMode::ZeroShot, Vec::new()),
+            Some(examples) => (
+                PromptMode::FewShot,
+                examples
+                    .iter()
+                    .map(|neighbours| FewShotExamples {
+                        examples: neighbours
+                            .iter()
+                            .map(|n| LabeledText {
+                                text: n.text.clone(),
+                                label: n.label.clone(),
+                                split: n.split.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            ),
+        };
+        let results = self
+            .prompt
+            .clone()
+            .classify(PromptClassifierServiceClassifyRequest {
+                texts,
+                labels,
+                mode: mode as i32,
+                examples,
+                max_output_tokens,
+            })
+            .await
+            .map_err(OrchestratorError::downstream("prompt-classifier"))?
+            .into_inner()
+            .results;
+        expect_count(
+            "prompt-classifier",
+            results.len(),
+            count,
+            "results",
+            "texts",
+        )?;
+        Ok(results
+            .into_iter()
+            .map(|r| PromptAnswer {
+                label: r.label,
+                confidence: r.confidence,
+                raw_output: r.raw_output,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_usd: r.cost_usd,
+                truncated: r.truncated,
+            })
+            .collect())
+    }
+
+    /// The labels in the index with their counts.
+    pub async fn labels(&self) -> Result<LabelSet, OrchestratorError> {
+        let stats = self
+            .retriever
+            .clone()
+            .stats(StatsRequest {})
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner();
+        let mut labels: Vec<String> = stats.labels.iter().map(|c| c.label.clone()).collect();
+        labels.sort();
+        labels.dedup();
+        let counts = stats
+            .labels
+            .into_iter()
+            .map(|c| LabelCount {
+                label: c.label,
+                split: c.split,
+                count: c.count,
+            })
+            .collect();
+        Ok(LabelSet { labels, counts })
+    }
+
+    /// Stores labelled clauses with their vectors; returns (inserted,
+    /// updated, unchanged).
+    pub async fn upsert(
+        &self,
+        clauses: Vec<(LabelledClause, Vec<f32>)>,
+    ) -> Result<(u32, u32, u32), OrchestratorError> {
+        let records = clauses
+            .into_iter()
+            .map(
+                |(LabelledClause { text, label, split }, embedding)| UpsertRecord {
+                    text,
+                    label,
+                    split,
+                    embedding,
+                },
+            )
+            .collect();
+        let outcome = self
+            .retriever
+            .clone()
+            .upsert(UpsertRequest { records })
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner();
+        Ok((outcome.inserted, outcome.updated, outcome.unchanged))
+    }
+
+    /// Each dependency's description beside the server's `defaults_json`; a
+    /// dependency that does not answer within `INFO_TIMEOUT` is named in
+    /// `errors`.
+    pub async fn info(&self, defaults_json: String) -> OrchestratorServiceInfoResponse {
+        fn timed<T>(message: T) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(INFO_TIMEOUT);
+            request
+        }
+        fn keep<T>(
+            errors: &mut HashMap<String, String>,
+            name: &str,
+            result: Result<tonic::Response<T>, tonic::Status>,
+        ) -> Option<T> {
+            match result {
+                Ok(response) => Some(response.into_inner()),
+                Err(status) => {
+                    errors.insert(
+                        name.to_owned(),
+                        format!("{:?}: {}", status.code(), status.message()),
+                    );
+                    None
+                }
+            }
+        }
+        let (mut embedder, mut retriever, mut finetuned, mut prompt) = (
+            self.embedder.clone(),
+            self.retriever.clone(),
+            self.finetuned.clone(),
+            self.prompt.clone(),
+        );
+        let (embedder, index, finetuned, prompt) = tokio::join!(
+            embedder.info(timed(EmbedderServiceInfoRequest {})),
+            retriever.stats(timed(StatsRequest {})),
+            finetuned.info(timed(FinetunedClassifierServiceInfoRequest {})),
+            prompt.info(timed(PromptClassifierServiceInfoRequest {})),
+        );
+        let mut errors = HashMap::new();
+        OrchestratorServiceInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            defaults_json,
+            embedder: keep(&mut errors, "embedder", embedder),
+            index: keep(&mut errors, "retriever", index),
+            finetuned: keep(&mut errors, "finetuned-classifier", finetuned),
+            prompt: keep(&mut errors, "prompt-classifier", prompt),
+            errors,
+        }
+    }
+
+    /// Asks each dependency's gRPC health service whether it is SERVING.
+    pub async fn readiness(&self) -> Vec<DependencyStatus> {
+        let checks = [
+            (
+                "embedder",
+                "lextral.v1.EmbedderService",
+                self.embedder_channel.clone(),
+            ),
+            (
+                "retriever",
+                "lextral.v1.RetrieverService",
+                self.retriever_channel.clone(),
+            ),
+        ];
+        let futures = checks
+            .into_iter()
+            .map(|(name, service, channel)| async move {
+                let mut client = HealthClient::new(channel);
+                let mut request = tonic::Request::new(HealthCheckRequest {
+                    service: service.to_owned(),
+                });
+                request.set_timeout(READINESS_TIMEOUT);
+                match client.check(request).await {
+                    Ok(response) => {
+                        let status = response.into_inner().status();
+                        DependencyStatus {
+                            name,
+                            ready: status == ServingStatus::Serving,
+                            detail: status.as_str_name().to_owned(),
+                        }
+                    }
+                    Err(status) => DependencyStatus {
+                        name,
+                        ready: false,
+                        detail: status.message().to_owned(),
+                    },
+                }
+            });
+        futures::future::join_all(futures).await
+    }
+}

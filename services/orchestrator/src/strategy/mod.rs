@@ -1,0 +1,59 @@
+//! The strategies, one module each, each turning a plan into answers.
+//!
+//! A new strategy is a variant of `plan::StrategyPlan` (with its checks in
+//! `ClassifyPlan::new`), a module here, an arm in [`run`], and its name in
+//! `lextral_proto::names` (see CONTRIBUTING.md).
+
+mod cascade;
+mod finetuned;
+mod knn;
+mod prompt;
+
+use std::time::Instant;
+
+use crate::domain::{Classified, StageLatency};
+use crate::error::OrchestratorError;
+use crate::orchestrator::Orchestrator;
+use crate::plan::{ClassifyPlan, StrategyPlan};
+
+/// Runs `plan`'s strategy; the answer carries the total latency last.
+pub(crate) async fn run(
+    orchestrator: &Orchestrator,
+    plan: ClassifyPlan,
+) -> Result<Classified, OrchestratorError> {
+    let ClassifyPlan { texts, strategy } = plan;
+    let started = Instant::now();
+    let requested = strategy.strategy();
+    let mut classified = match strategy {
+        StrategyPlan::Knn(params) => knn::classify(orchestrator, texts, &params).await?,
+        StrategyPlan::Finetuned { top_k } => {
+            finetuned::classify(orchestrator, texts, top_k).await?
+        }
+        StrategyPlan::Cascade {
+            top_k,
+            min_confidence,
+            knn,
+        } => cascade::classify(orchestrator, texts, top_k, min_confidence, &knn).await?,
+        StrategyPlan::ZeroShot { max_output_tokens } => {
+            prompt::classify(orchestrator, texts, None, max_output_tokens).await?
+        }
+        StrategyPlan::Rag {
+            k,
+            retrieval,
+            max_output_tokens,
+        } => {
+            prompt::classify(
+                orchestrator,
+                texts,
+                Some((k, &retrieval)),
+                max_output_tokens,
+            )
+            .await?
+        }
+    };
+    classified.strategy = requested;
+    classified
+        .latencies
+        .push(StageLatency::new("total", started.elapsed()));
+    Ok(classified)
+}
