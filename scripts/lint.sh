@@ -28,4 +28,17 @@ if git rev-parse --verify --quiet main >/dev/null; then
   echo "== buf breaking (against main)"
   "$BUF" breaking --against '.git#branch=main'
 fi
+echo "== crate boundaries"
+# The serving crates must not link training or server code they do not run.
+boundary() {
+  local crate="$1" forbidden="$2"
+  if cargo tree -p "$crate" -e normal --prefix none --quiet | grep -q "^$forbidden v"; then
+    echo "lint: $crate depends on $forbidden" >&2
+    exit 1
+  fi
+}
+boundary lextral-finetuned-classifier lextral-training
+boundary lextral-finetuned-classifier lextral-embedder
+boundary lextral-embedding tonic
+boundary lextral-orchestrator lextral-retriever
 echo "lint: ok"

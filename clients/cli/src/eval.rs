@@ -678,7 +678,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
 /// `lextral eval score`: parse and score predictions made elsewhere.
 fn score_predictions(args: ScoreArgs) -> anyhow::Result<()> {
     let labels = lextral_common::labels::read_label_file(&args.labels)?;
-    let matcher = lextral_prompt_classifier::parse::LabelMatcher::new(&labels);
+    let matcher = lextral_prompt_classifier::LabelMatcher::new(&labels);
     let known: std::collections::HashSet<&str> = labels.iter().map(String::as_str).collect();
     let text = std::fs::read_to_string(&args.predictions)
         .with_context(|| format!("cannot read {}", args.predictions.display()))?;

@@ -1,6 +1,8 @@
 //! One code table for gRPC and HTTP, so a failure means the same thing on both.
 
+#[cfg(feature = "service")]
 use http::StatusCode;
+#[cfg(feature = "service")]
 use tonic::{Code, Status};
 
 /// The small set of outcomes a client needs to tell apart.
@@ -24,6 +26,28 @@ pub enum ServiceErrorCode {
     Internal,
 }
 
+impl ServiceErrorCode {
+    /// A stable machine-readable name, used in JSON error bodies and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::NotFound => "not_found",
+            Self::FailedPrecondition => "failed_precondition",
+            Self::ResourceExhausted => "resource_exhausted",
+            Self::Unavailable => "unavailable",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Unimplemented => "unimplemented",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Whether details may be shown to the caller; server faults stay generic.
+    pub fn is_client_visible(self) -> bool {
+        !matches!(self, Self::Internal)
+    }
+}
+
+#[cfg(feature = "service")]
 impl ServiceErrorCode {
     /// The gRPC status code.
     pub fn grpc_code(self) -> Code {
@@ -53,20 +77,6 @@ impl ServiceErrorCode {
         }
     }
 
-    /// A stable machine-readable name, used in JSON error bodies and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::NotFound => "not_found",
-            Self::FailedPrecondition => "failed_precondition",
-            Self::ResourceExhausted => "resource_exhausted",
-            Self::Unavailable => "unavailable",
-            Self::DeadlineExceeded => "deadline_exceeded",
-            Self::Unimplemented => "unimplemented",
-            Self::Internal => "internal",
-        }
-    }
-
     /// Maps a downstream service's gRPC code back onto the table.
     pub fn from_grpc(code: Code) -> Self {
         match code {
@@ -86,11 +96,6 @@ impl ServiceErrorCode {
             | Code::Internal
             | Code::DataLoss => Self::Internal,
         }
-    }
-
-    /// Whether details may be shown to the caller; server faults stay generic.
-    pub fn is_client_visible(self) -> bool {
-        !matches!(self, Self::Internal)
     }
 }
 
@@ -114,6 +119,7 @@ pub fn client_message<E: ServiceError + ?Sized>(err: &E) -> (ServiceErrorCode, S
 }
 
 /// Converts a service error into a gRPC status (see [`client_message`]).
+#[cfg(feature = "service")]
 pub fn into_status<E: ServiceError>(err: E) -> Status {
     let (code, message) = client_message(&err);
     Status::new(code.grpc_code(), message)
@@ -125,7 +131,7 @@ impl ServiceError for crate::limits::TextLimitError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "service"))]
 mod tests {
     use super::*;
 

@@ -2,20 +2,27 @@
 //! tracing set-up, Prometheus metrics, shutdown signals, gRPC bootstrap,
 //! client channels, request limits and secrets.
 
+#[cfg(feature = "service")]
 pub mod client;
 pub mod error;
 pub mod fs;
 pub mod labels;
 pub mod limits;
+#[cfg(feature = "service")]
 pub mod metrics;
 pub mod provider;
 pub mod secrets;
+#[cfg(feature = "service")]
 pub mod server;
+#[cfg(feature = "service")]
 pub mod shutdown;
 pub mod telemetry;
 
+#[cfg(feature = "service")]
 pub use client::{lazy_channel, MAX_MESSAGE_BYTES};
-pub use error::{client_message, into_status, ServiceError, ServiceErrorCode};
+#[cfg(feature = "service")]
+pub use error::into_status;
+pub use error::{client_message, ServiceError, ServiceErrorCode};
 pub use limits::{TextLimitError, TextLimits};
 pub use secrets::{api_key_from_env, ApiKey, SecretError};
 

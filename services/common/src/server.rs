@@ -82,7 +82,7 @@ pub async fn serve_grpc(
     request_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    // Without TCP_NODELAY small responses wait on Nagle + delayed ACK (~40 ms).
+    // Without TCP_NODELAY small responses wait on Nagle + delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .timeout(request_timeout)

@@ -3,18 +3,18 @@
 //! Mistral's API, any OpenAI-compatible server, or a quantized Gemma 3 run
 //! in-process (the offline default).
 
-pub mod backend;
-pub mod chat;
-pub mod config;
-pub mod error;
-pub mod gemma;
-pub mod grpc;
-pub mod local;
-pub mod parse;
-pub mod prices;
-pub mod prompt;
-pub mod service;
-pub mod spm;
+mod backend;
+mod chat;
+mod config;
+mod error;
+mod gemma;
+mod grpc;
+mod local;
+mod parse;
+mod prices;
+mod prompt;
+mod service;
+mod spm;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,9 +23,14 @@ use lextral_common::server::{serve_grpc, GrpcRoutes};
 use lextral_proto::v1::prompt_classifier_service_server::PromptClassifierServiceServer;
 use tokio::net::TcpListener;
 
-pub use backend::{LlmBackend, LlmError};
+pub use backend::{Completion, CompletionRequest, LlmBackend, LlmError};
+pub use chat::{ChatBackend, ChatSettings, RetryPolicy};
 pub use config::PromptConfig;
+pub use error::PromptError;
 pub use grpc::PromptGrpc;
+pub use local::LocalBackend;
+pub use parse::{LabelMatcher, ParseMethod};
+pub use prices::PriceTable;
 pub use service::{BackendChoice, PromptService};
 
 /// Adds the service to `routes`. A chat backend is ready at once; a local

@@ -182,6 +182,7 @@ impl SpmTokenizer {
     }
 
     /// Vocabulary size.
+    #[cfg(test)]
     pub fn vocab_size(&self) -> usize {
         self.pieces.len()
     }

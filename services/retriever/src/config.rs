@@ -39,8 +39,8 @@ pub enum PgSearch {
     Hnsw,
     /// An in-memory mirror of one-bit codes and int8 vectors, kept in step
     /// through the table's change feed, picks candidates; PostgreSQL
-    /// re-ranks the best exactly. About 450 bytes per clause per replica;
-    /// reaches recall@10 0.98+ at 1M clauses where HNSW does not.
+    /// re-ranks the best exactly. Memory per clause per replica and recall
+    /// against HNSW are in the docs (`bench/run.sh retriever-codes`).
     Codes,
 }
 

@@ -1,11 +1,10 @@
 //! The in-memory search mirror of the pgvector store (`--pg-search codes`).
 //!
-//! pgvector's HNSW graph loses recall on large, clustered collections (at 1M
-//! clauses recall@10 stayed under 0.97 within 10 ms; README, "Performance"),
-//! while a scan of one-bit codes does not. Each retriever replica therefore
+//! pgvector's HNSW graph loses recall on large, clustered collections (the
+//! docs' performance chapter, `bench/run.sh retriever`), while a scan of
+//! one-bit codes does not. Each retriever replica therefore
 //! keeps, per clause, its id, split, label, one-bit code and an int8 copy of
-//! its vector (about 450 bytes at dimension 384; PostgreSQL stays the only
-//! source of truth). A search ranks the codes ([`crate::quantized`]),
+//! its vector (PostgreSQL stays the only source of truth). A search ranks the codes ([`crate::quantized`]),
 //! re-scores the best `ef_search × 30` with the int8 vectors, and asks
 //! PostgreSQL for the exact similarities and texts of the best few — so the
 //! answer's similarities are exact and only the candidate choice is

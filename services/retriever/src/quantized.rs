@@ -6,11 +6,10 @@
 //! query's — a scan of 48 MB for 1M rows instead of 1.5 GB — keeps the best
 //! `candidates`, and re-scores only those with the full vectors, so the
 //! similarities returned are exact and only the choice of candidates is
-//! approximate. On LEDGAR embeddings plus 995k synthetic vectors, re-scoring
-//! 3,000 candidates keeps recall@10 at 0.99 (`lextral bench retriever
-//! --store embedded`). Sentence embeddings are close to zero-mean per
-//! component, so raw signs (no centring) carry the angle well; centring on the
-//! data's mean measured no better.
+//! approximate (how much recall that keeps is what `lextral bench retriever
+//! --store embedded` measures). Sentence embeddings are close to zero-mean
+//! per component, so raw signs (no centring) carry the angle well; centring
+//! on the data's mean measured no better.
 
 use rayon::prelude::*;
 

@@ -1,12 +1,13 @@
 //! The embedded store: the single-machine default, with no database server.
 //!
-//! Clauses live in memory. Up to `exact_max_rows` clauses (default 50,000)
-//! are searched exactly (cosine over every stored vector that passes the
-//! filters: recall is 1 by construction, and a 50k-clause store answers in a
-//! few milliseconds). Larger stores first pick `ef_search × 30` candidates by
-//! one-bit codes (see [`crate::quantized`]) and re-score those exactly: 1M
-//! clauses answer in a few milliseconds at recall@10 near 0.99. Durability comes from one
-//! append-only file, `clauses.log`: a header, then one frame per write
+//! Clauses live in memory. Up to `exact_max_rows` clauses are searched
+//! exactly (cosine over every stored vector that passes the filters: recall
+//! is 1 by construction). Larger stores first pick `ef_search × 30`
+//! candidates by one-bit codes (see [`crate::quantized`] and
+//! [`crate::search`]) and re-score those exactly; the recall and latency
+//! this gives are measured by `lextral bench retriever --store embedded`
+//! (the docs' performance chapter). Durability comes from one append-only
+//! file, `clauses.log`: a header, then one frame per write
 //! (`[length u32][crc32 u32][payload]`, little-endian), fsynced before the
 //! write is applied in memory or acknowledged. A crash mid-write leaves a torn
 //! last frame, which the next start drops, so each upsert or delete is
