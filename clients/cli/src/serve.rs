@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
+
 use clap::{Args, Subcommand};
 use lextral_common::server::{bind, serve_grpc, GrpcRoutes};
 use lextral_common::shutdown::shutdown_token;
@@ -163,6 +165,24 @@ fn loopback_url(addr: SocketAddr) -> String {
     format!("http://{host}:{}", addr.port())
 }
 
+/// Starts a lone service's `/metrics` and binds its gRPC port.
+async fn listen_alone(
+    metrics: &MetricsArgs,
+    grpc: &str,
+    token: &CancellationToken,
+    name: &str,
+) -> anyhow::Result<TcpListener> {
+    start_metrics(metrics, token).await?;
+    let listener = bind(grpc).await?;
+    tracing::info!(addr = %listener.local_addr()?, "{name} gRPC listening");
+    Ok(listener)
+}
+
+/// Resolves when `token` is cancelled (ctrl-c or SIGTERM).
+async fn cancelled(token: CancellationToken) {
+    token.cancelled().await
+}
+
 /// Runs the chosen target until ctrl-c or SIGTERM.
 pub async fn run(target: Target) -> anyhow::Result<()> {
     lextral_common::metrics::prometheus_handle();
@@ -170,61 +190,31 @@ pub async fn run(target: Target) -> anyhow::Result<()> {
     match target {
         Target::All(args) => run_all(*args, token).await,
         Target::Embedder(args) => {
-            start_metrics(&args.metrics, &token).await?;
-            let listener = bind(&args.grpc).await?;
-            tracing::info!(addr = %listener.local_addr()?, "embedder gRPC listening");
-            lextral_embedder::run(
-                args.config,
-                listener,
-                async move { token.cancelled().await },
-            )
-            .await
+            let listener = listen_alone(&args.metrics, &args.grpc, &token, "embedder").await?;
+            lextral_embedder::run(args.config, listener, cancelled(token)).await
         }
         Target::Retriever(args) => {
             // A store misconfiguration is reported before any port is taken.
             args.config.store_kind()?;
-            start_metrics(&args.metrics, &token).await?;
-            let listener = bind(&args.grpc).await?;
-            tracing::info!(addr = %listener.local_addr()?, "retriever gRPC listening");
-            lextral_retriever::run(
-                args.config,
-                listener,
-                async move { token.cancelled().await },
-            )
-            .await
+            let listener = listen_alone(&args.metrics, &args.grpc, &token, "retriever").await?;
+            lextral_retriever::run(args.config, listener, cancelled(token)).await
         }
         Target::FinetunedClassifier(args) => {
-            start_metrics(&args.metrics, &token).await?;
-            let listener = bind(&args.grpc).await?;
-            tracing::info!(addr = %listener.local_addr()?, "finetuned-classifier gRPC listening");
-            lextral_finetuned_classifier::run(args.config, listener, async move {
-                token.cancelled().await
-            })
-            .await
+            let listener =
+                listen_alone(&args.metrics, &args.grpc, &token, "finetuned-classifier").await?;
+            lextral_finetuned_classifier::run(args.config, listener, cancelled(token)).await
         }
         Target::PromptClassifier(args) => {
-            start_metrics(&args.metrics, &token).await?;
-            let listener = bind(&args.grpc).await?;
-            tracing::info!(addr = %listener.local_addr()?, "prompt-classifier gRPC listening");
-            lextral_prompt_classifier::run(
-                args.config,
-                listener,
-                async move { token.cancelled().await },
-            )
-            .await
+            let listener =
+                listen_alone(&args.metrics, &args.grpc, &token, "prompt-classifier").await?;
+            lextral_prompt_classifier::run(args.config, listener, cancelled(token)).await
         }
         Target::Orchestrator(args) => {
             start_metrics(&args.metrics, &token).await?;
             let grpc = bind(&args.grpc).await?;
             let http = bind(&args.http).await?;
             tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, "orchestrator listening");
-            lextral_orchestrator::run(
-                args.config,
-                grpc,
-                http,
-                async move { token.cancelled().await },
-            )
-            .await
+            lextral_orchestrator::run(args.config, grpc, http, cancelled(token)).await
         }
     }
 }

@@ -72,6 +72,18 @@ impl GrpcRoutes {
     pub fn into_routes(self) -> Routes {
         self.builder.routes()
     }
+
+    /// Serves these routes alone on `listener` (a service run by itself)
+    /// until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        request_timeout: Duration,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        serve_grpc(listener, self.into_routes(), request_timeout, shutdown).await?;
+        Ok(())
+    }
 }
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains

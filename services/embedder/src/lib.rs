@@ -9,7 +9,7 @@ mod grpc;
 use std::future::Future;
 use std::sync::Arc;
 
-use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_common::server::GrpcRoutes;
 use lextral_proto::v1::embedder_service_server::EmbedderServiceServer;
 use tokio::net::TcpListener;
 
@@ -67,12 +67,7 @@ pub async fn run(
     tracing::info!(?config, "starting embedder");
     let mut routes = GrpcRoutes::new();
     add_to(&config, &mut routes).await?;
-    serve_grpc(
-        listener,
-        routes.into_routes(),
-        config.request_timeout(),
-        shutdown,
-    )
-    .await?;
-    Ok(())
+    routes
+        .serve(listener, config.request_timeout(), shutdown)
+        .await
 }

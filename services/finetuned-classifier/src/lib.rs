@@ -16,7 +16,7 @@ mod tfidf;
 use std::future::Future;
 use std::sync::Arc;
 
-use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_common::server::GrpcRoutes;
 use lextral_proto::v1::finetuned_classifier_service_server::FinetunedClassifierServiceServer;
 use tokio::net::TcpListener;
 
@@ -93,12 +93,7 @@ pub async fn run(
     tracing::info!(?config, "starting finetuned-classifier");
     let mut routes = GrpcRoutes::new();
     add_to(&config, &mut routes).await?;
-    serve_grpc(
-        listener,
-        routes.into_routes(),
-        config.request_timeout(),
-        shutdown,
-    )
-    .await?;
-    Ok(())
+    routes
+        .serve(listener, config.request_timeout(), shutdown)
+        .await
 }

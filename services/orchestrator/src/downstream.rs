@@ -99,16 +99,6 @@ pub struct Downstream {
     retriever_channel: Channel,
 }
 
-fn neighbour(n: lextral_proto::v1::Neighbor) -> Neighbour {
-    Neighbour {
-        id: n.id,
-        label: n.label,
-        similarity: n.similarity,
-        text: n.text,
-        split: n.split,
-    }
-}
-
 impl Downstream {
     /// Lazy clients for the configured URLs: services may start in any order.
     pub fn new(config: &OrchestratorConfig) -> anyhow::Result<Self> {
@@ -184,7 +174,7 @@ impl Downstream {
         expect_count("retriever", results.len(), count, "results", "queries")?;
         Ok(results
             .into_iter()
-            .map(|r| r.neighbors.into_iter().map(neighbour).collect())
+            .map(|r| r.neighbors.into_iter().map(Neighbour::from).collect())
             .collect())
     }
 
@@ -215,14 +205,7 @@ impl Downstream {
             .map(|r| FinetunedAnswer {
                 label: r.label,
                 probability: r.probability,
-                alternatives: r
-                    .alternatives
-                    .into_iter()
-                    .map(|a| LabelScore {
-                        label: a.label,
-                        score: a.score,
-                    })
-                    .collect(),
+                alternatives: r.alternatives.into_iter().map(LabelScore::from).collect(),
             })
             .collect())
     }

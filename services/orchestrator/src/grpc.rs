@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lextral_common::into_status;
 use lextral_proto::v1::{
-    orchestrator_service_server::OrchestratorService, CascadeOptions, ClassificationResult,
+    self, orchestrator_service_server::OrchestratorService, CascadeOptions, ClassificationResult,
     ClassifyRequest, ClassifyResponse, FinetunedOptions, IngestRequest, IngestResponse, KnnOptions,
     LabeledText, LabelsRequest, LabelsResponse, Neighbor, OrchestratorServiceInfoRequest,
     OrchestratorServiceInfoResponse, PromptOptions, Strategy, VoteMethod,
@@ -115,6 +115,49 @@ impl From<Neighbour> for Neighbor {
     }
 }
 
+impl From<Neighbor> for Neighbour {
+    fn from(n: Neighbor) -> Self {
+        let Neighbor {
+            id,
+            label,
+            text,
+            similarity,
+            split,
+        } = n;
+        Self {
+            id,
+            label,
+            similarity,
+            text,
+            split,
+        }
+    }
+}
+
+impl From<LabelScore> for v1::LabelScore {
+    fn from(LabelScore { label, score }: LabelScore) -> Self {
+        Self { label, score }
+    }
+}
+
+impl From<v1::LabelScore> for LabelScore {
+    fn from(v1::LabelScore { label, score }: v1::LabelScore) -> Self {
+        Self { label, score }
+    }
+}
+
+impl From<StageLatency> for v1::StageLatency {
+    fn from(StageLatency { stage, ms }: StageLatency) -> Self {
+        Self { stage, ms }
+    }
+}
+
+impl From<v1::StageLatency> for StageLatency {
+    fn from(v1::StageLatency { stage, ms }: v1::StageLatency) -> Self {
+        Self { stage, ms }
+    }
+}
+
 impl From<Classification> for ClassificationResult {
     fn from(result: Classification) -> Self {
         let Classification {
@@ -132,13 +175,7 @@ impl From<Classification> for ClassificationResult {
             confidence,
             abstained: abstain_reason.is_some(),
             abstain_reason: abstain_reason.unwrap_or_default(),
-            alternatives: alternatives
-                .into_iter()
-                .map(|a| lextral_proto::v1::LabelScore {
-                    label: a.label,
-                    score: a.score,
-                })
-                .collect(),
+            alternatives: alternatives.into_iter().map(v1::LabelScore::from).collect(),
             neighbors: neighbours.into_iter().map(Neighbor::from).collect(),
             answered_by: answered_by as i32,
             raw_output: llm.raw_output,
@@ -162,13 +199,7 @@ impl From<Classified> for ClassifyResponse {
                 .into_iter()
                 .map(ClassificationResult::from)
                 .collect(),
-            latencies: latencies
-                .into_iter()
-                .map(|l| lextral_proto::v1::StageLatency {
-                    stage: l.stage,
-                    ms: l.ms,
-                })
-                .collect(),
+            latencies: latencies.into_iter().map(v1::StageLatency::from).collect(),
             strategy: strategy as i32,
         }
     }
@@ -192,25 +223,8 @@ impl From<ClassifyResponse> for Classified {
                     label: r.label,
                     confidence: r.confidence,
                     abstain_reason: r.abstained.then_some(r.abstain_reason),
-                    alternatives: r
-                        .alternatives
-                        .into_iter()
-                        .map(|a| LabelScore {
-                            label: a.label,
-                            score: a.score,
-                        })
-                        .collect(),
-                    neighbours: r
-                        .neighbors
-                        .into_iter()
-                        .map(|n| Neighbour {
-                            id: n.id,
-                            label: n.label,
-                            similarity: n.similarity,
-                            text: n.text,
-                            split: n.split,
-                        })
-                        .collect(),
+                    alternatives: r.alternatives.into_iter().map(LabelScore::from).collect(),
+                    neighbours: r.neighbors.into_iter().map(Neighbour::from).collect(),
                     answered_by: strategy_of(r.answered_by),
                     truncated: r.truncated,
                     llm: LlmUsage {
@@ -221,13 +235,7 @@ impl From<ClassifyResponse> for Classified {
                     },
                 })
                 .collect(),
-            latencies: latencies
-                .into_iter()
-                .map(|l| StageLatency {
-                    stage: l.stage,
-                    ms: l.ms,
-                })
-                .collect(),
+            latencies: latencies.into_iter().map(StageLatency::from).collect(),
         }
     }
 }
@@ -239,7 +247,7 @@ impl From<LabelSet> for LabelsResponse {
             counts: set
                 .counts
                 .into_iter()
-                .map(|c| lextral_proto::v1::LabelCount {
+                .map(|c| v1::LabelCount {
                     label: c.label,
                     split: c.split,
                     count: c.count,

@@ -19,7 +19,7 @@ mod spm;
 use std::future::Future;
 use std::sync::Arc;
 
-use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_common::server::GrpcRoutes;
 use lextral_proto::v1::prompt_classifier_service_server::PromptClassifierServiceServer;
 use tokio::net::TcpListener;
 
@@ -109,12 +109,6 @@ pub async fn run(
     let mut routes = GrpcRoutes::new();
     add_to(&config, &mut routes).await?;
     // Generous: a local model answers a RAG prompt in seconds, not ms.
-    serve_grpc(
-        listener,
-        routes.into_routes(),
-        config.timeout() + std::time::Duration::from_secs(5),
-        shutdown,
-    )
-    .await?;
-    Ok(())
+    let timeout = config.timeout() + std::time::Duration::from_secs(5);
+    routes.serve(listener, timeout, shutdown).await
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use health::spawn_health_loop;
-use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_common::server::GrpcRoutes;
 use lextral_proto::v1::retriever_service_server::RetrieverServiceServer;
 use tokio::net::TcpListener;
 
@@ -110,12 +110,7 @@ pub async fn run(
     tracing::info!(?config, "starting retriever");
     let mut routes = GrpcRoutes::new();
     add_to(&config, &mut routes).await?;
-    serve_grpc(
-        listener,
-        routes.into_routes(),
-        Duration::from_secs(config.timeout_s),
-        shutdown,
-    )
-    .await?;
-    Ok(())
+    routes
+        .serve(listener, Duration::from_secs(config.timeout_s), shutdown)
+        .await
 }
