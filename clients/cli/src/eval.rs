@@ -3,7 +3,7 @@
 //! cost. With `--out RUN_DIR` each answer is journalled as it arrives, so a
 //! Ctrl-C or crash leaves a run that `--resume` continues.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,9 @@ use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lextral_eval::report::{Load, ReportContext, RunReport, StrategyReport};
-use lextral_eval::{files, read_predictions, write_run_reports, Journal, Prediction};
+use lextral_eval::{
+    write_run_reports, Journal, Prediction, RunData, RunFolder, RunLoad, RunRecord, RunStatus,
+};
 use lextral_proto::names::strategy_name;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::{OrchestratorServiceInfoRequest, Strategy};
@@ -138,15 +140,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     // A resumed run keeps its earlier strategies (the report covers them
     // all); new ones in --strategy are added to it.
-    if let Some(previous) = folder.as_ref().and_then(|f| f.previous.as_ref()) {
-        let mut all: Vec<String> = previous["strategy_order"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+    if let Some(previous) = folder.as_ref().and_then(RunFolder::previous) {
+        let mut all = previous.strategy_order.clone();
         for name in names {
             if !all.contains(&name) {
                 all.push(name);
@@ -166,7 +161,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let client = args.server.connect().await?;
     let metadata = run_metadata(&args, &data, &names, examples.len(), client.clone()).await?;
     let session = match &folder {
-        Some(folder) => folder.begin(metadata, &names)?,
+        Some(folder) => folder.begin(
+            metadata,
+            &names,
+            std::env::args().collect::<Vec<_>>().join(" "),
+        )?,
         None => 0,
     };
 
@@ -253,11 +252,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let complete = reports.iter().all(|r| r.complete);
     if let Some(folder) = &folder {
         let status = if complete {
-            "complete"
+            RunStatus::Complete
         } else if failure.is_some() {
-            "failed"
+            RunStatus::Failed
         } else {
-            "interrupted"
+            RunStatus::Interrupted
         };
         let run = folder.finish(session, status)?;
         let run_report = RunReport {
@@ -265,10 +264,10 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             run,
             strategies: reports,
         };
-        write_run_reports(&folder.dir, &run_report, &all_predictions, &labels)?;
+        write_run_reports(folder.dir(), &run_report, &all_predictions, &labels)?;
         println!(
             "run folder {}: report.html, report.md, report.json, predictions/, plots/{}",
-            folder.dir.display(),
+            folder.dir().display(),
             if complete { "" } else { " (partial)" }
         );
         if !complete {
@@ -449,7 +448,7 @@ async fn run_metadata(
     names: &[String],
     clauses: usize,
     mut client: OrchestratorServiceClient<Channel>,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<RunRecord> {
     let split_file = data.join(format!("{}.jsonl", args.split));
     let labels_file = data.join("labels.txt");
     let stack = match client.info(OrchestratorServiceInfoRequest {}).await {
@@ -458,7 +457,7 @@ async fn run_metadata(
             "error": format!("{:?}: {}", status.code(), status.message())
         }),
     };
-    let strategies: BTreeMap<&str, serde_json::Value> = names
+    let strategies: BTreeMap<String, serde_json::Value> = names
         .iter()
         .map(|name| {
             let options = StrategyArgs {
@@ -466,33 +465,39 @@ async fn run_metadata(
                 ..args.strategy.clone()
             }
             .options_json();
-            (name.as_str(), options)
+            (name.clone(), options)
         })
         .collect();
-    Ok(serde_json::json!({
-        "lextral_version": env!("CARGO_PKG_VERSION"),
-        "git_commit": env!("LEXTRAL_GIT_COMMIT"),
-        "git_dirty": git_dirty(),
-        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "data": {
-            "dir": data.display().to_string(),
-            "split": args.split,
-            "split_file": split_file.display().to_string(),
-            "split_sha256": file_sha256(&split_file)?,
-            "labels_sha256": if labels_file.is_file() { Some(file_sha256(&labels_file)?) } else { None },
-            "clauses": clauses,
-            "limit": args.limit,
+    Ok(RunRecord {
+        lextral_version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_commit: env!("LEXTRAL_GIT_COMMIT").to_owned(),
+        git_dirty: git_dirty(),
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        data: RunData {
+            dir: data.display().to_string(),
+            split: args.split.clone(),
+            split_file: split_file.display().to_string(),
+            split_sha256: file_sha256(&split_file)?,
+            labels_sha256: if labels_file.is_file() {
+                Some(file_sha256(&labels_file)?)
+            } else {
+                None
+            },
+            clauses,
+            limit: args.limit,
         },
-        "server": args.server.server,
-        "concurrency": args.concurrency.max(1),
-        "load": {
-            "requests_per_day": args.requests_per_day,
-            "infra_usd_per_hour": args.infra_usd_per_hour,
+        server: args.server.server.clone(),
+        concurrency: args.concurrency.max(1),
+        load: RunLoad {
+            requests_per_day: args.requests_per_day,
+            infra_usd_per_hour: args.infra_usd_per_hour,
         },
-        "strategies": strategies,
-        "strategy_order": names,
-        "stack": stack,
-    }))
+        strategies,
+        strategy_order: names.to_vec(),
+        stack,
+        sessions: Vec::new(),
+        status: RunStatus::Running,
+    })
 }
 
 /// Whether the checkout this binary was built from has uncommitted changes
@@ -513,154 +518,6 @@ fn git_dirty() -> Option<bool> {
         .output()
         .ok()?;
     status.status.success().then_some(!status.stdout.is_empty())
-}
-
-/// A run folder being written.
-struct RunFolder {
-    dir: PathBuf,
-    /// run.json of an earlier session, when resuming.
-    previous: Option<serde_json::Value>,
-}
-
-impl RunFolder {
-    /// Opens `dir`: new (absent or empty), or an earlier run with `resume`.
-    fn open(dir: &Path, resume: bool) -> anyhow::Result<Self> {
-        let run_file = dir.join(files::RUN);
-        let previous = if run_file.is_file() {
-            if !resume {
-                anyhow::bail!(
-                    "{} already holds a run; pass --resume to continue it, or choose another --out",
-                    dir.display()
-                );
-            }
-            let text = std::fs::read_to_string(&run_file)?;
-            Some(
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not a run file", run_file.display()))?,
-            )
-        } else {
-            if resume {
-                anyhow::bail!("{}: nothing to resume (no {})", dir.display(), files::RUN);
-            }
-            if dir.is_dir() && std::fs::read_dir(dir)?.next().is_some() {
-                anyhow::bail!(
-                    "{} is not empty and holds no run; choose an empty or new folder",
-                    dir.display()
-                );
-            }
-            None
-        };
-        Ok(Self {
-            dir: dir.to_owned(),
-            previous,
-        })
-    }
-
-    fn predictions_path(&self, strategy: &str) -> PathBuf {
-        self.dir
-            .join(files::PREDICTIONS)
-            .join(format!("{strategy}.jsonl"))
-    }
-
-    /// Records this session in run.json; refuses to resume with other data
-    /// or options, which would mix two experiments in one report.
-    fn begin(&self, mut metadata: serde_json::Value, names: &[String]) -> anyhow::Result<u32> {
-        let mut sessions = Vec::new();
-        if let Some(previous) = &self.previous {
-            for key in ["split_sha256", "labels_sha256", "split", "clauses"] {
-                let before = &previous["data"][key];
-                let now = &metadata["data"][key];
-                if before != now {
-                    anyhow::bail!(
-                        "cannot resume {}: the data differ ({key} was {before}, is {now})",
-                        self.dir.display()
-                    );
-                }
-            }
-            for name in names {
-                let before = &previous["strategies"][name];
-                let now = &metadata["strategies"][name];
-                if !before.is_null() && before != now {
-                    anyhow::bail!(
-                        "cannot resume {}: {name} ran with options {before}, now {now}",
-                        self.dir.display()
-                    );
-                }
-            }
-            metadata["created_at"] = previous["created_at"].clone();
-            sessions = previous["sessions"].as_array().cloned().unwrap_or_default();
-        }
-        // Created only now, after the data and the server checked out, so a
-        // failed start leaves no half-made folder behind.
-        std::fs::create_dir_all(self.dir.join(files::PREDICTIONS))
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let session = sessions.len() as u32;
-        sessions.push(serde_json::json!({
-            "session": session,
-            "started_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
-            "git_commit": metadata["git_commit"],
-            "stack": metadata["stack"],
-            "status": "running",
-        }));
-        metadata["sessions"] = serde_json::Value::Array(sessions);
-        metadata["status"] = "running".into();
-        self.write_run(&metadata)?;
-        Ok(session)
-    }
-
-    /// Predictions of earlier sessions, checked against the clauses.
-    fn earlier_predictions(
-        &self,
-        strategy: &str,
-        hashes: &[String],
-    ) -> anyhow::Result<Vec<Prediction>> {
-        let path = self.predictions_path(strategy);
-        let predictions = read_predictions(&path, true)?;
-        let mut seen: HashMap<usize, usize> = HashMap::new();
-        for (line, p) in predictions.iter().enumerate() {
-            if hashes.get(p.index) != Some(&p.text_sha256) {
-                anyhow::bail!(
-                    "{} line {}: clause {} does not match the split; was it made from other data?",
-                    path.display(),
-                    line + 1,
-                    p.index
-                );
-            }
-            if let Some(first) = seen.insert(p.index, line) {
-                anyhow::bail!(
-                    "{} lines {} and {}: clause {} answered twice",
-                    path.display(),
-                    first + 1,
-                    line + 1,
-                    p.index
-                );
-            }
-        }
-        Ok(predictions)
-    }
-
-    /// Marks the session's end in run.json and returns the run metadata.
-    fn finish(&self, session: u32, status: &str) -> anyhow::Result<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.join(files::RUN))?;
-        let mut run: serde_json::Value = serde_json::from_str(&text)?;
-        run["status"] = status.into();
-        if let Some(entry) = run["sessions"]
-            .as_array_mut()
-            .and_then(|s| s.get_mut(session as usize))
-        {
-            entry["status"] = status.into();
-            entry["ended_at"] = chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                .into();
-        }
-        self.write_run(&run)?;
-        Ok(run)
-    }
-
-    fn write_run(&self, run: &serde_json::Value) -> anyhow::Result<()> {
-        write_json_atomically(&self.dir.join(files::RUN), run)
-    }
 }
 
 /// `lextral eval compare`.

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod plots;
 pub mod predictions;
 pub mod report;
+pub mod run;
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ use lextral_common::fs::{write_json_atomically, write_text_atomically};
 
 pub use predictions::{read_predictions, Journal, Prediction};
 pub use report::{Load, ReportContext, RunReport, StrategyReport};
+pub use run::{RunData, RunFolder, RunLoad, RunRecord, RunSession, RunStatus};
 
 /// File names inside a run folder.
 pub mod files {

@@ -298,7 +298,7 @@ pub struct RunReport {
     /// Whether every strategy classified every clause.
     pub complete: bool,
     /// The run's metadata (`run.json`).
-    pub run: serde_json::Value,
+    pub run: crate::run::RunRecord,
     /// One per strategy, in the order asked for.
     pub strategies: Vec<StrategyReport>,
 }

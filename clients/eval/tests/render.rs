@@ -80,7 +80,10 @@ fn write(dir: &Path) -> usize {
     let (strategies, predictions, labels) = run_reports();
     let report = RunReport {
         complete: true,
-        run: serde_json::json!({ "git_commit": "test" }),
+        run: lextral_eval::RunRecord {
+            git_commit: "test".into(),
+            ..Default::default()
+        },
         strategies,
     };
     write_run_reports(dir, &report, &predictions, &labels).unwrap();
