@@ -187,29 +187,9 @@ impl RunFolder {
     ) -> anyhow::Result<u32> {
         let mut sessions = Vec::new();
         if let Some(previous) = &self.previous {
-            let fields = [
-                (
-                    "split_sha256",
-                    json(&previous.data.split_sha256),
-                    json(&record.data.split_sha256),
-                ),
-                (
-                    "labels_sha256",
-                    json(&previous.data.labels_sha256),
-                    json(&record.data.labels_sha256),
-                ),
-                (
-                    "split",
-                    json(&previous.data.split),
-                    json(&record.data.split),
-                ),
-                (
-                    "clauses",
-                    json(&previous.data.clauses),
-                    json(&record.data.clauses),
-                ),
-            ];
-            for (key, before, now) in fields {
+            let (was, is) = (json(&previous.data), json(&record.data));
+            for key in ["split_sha256", "labels_sha256", "split", "clauses"] {
+                let (before, now) = (&was[key], &is[key]);
                 if before != now {
                     anyhow::bail!(
                         "cannot resume {}: the data differ ({key} was {before}, is {now})",

@@ -37,18 +37,19 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A downstream answer must hold one item per input; anything else is a
 /// bug there, reported as INTERNAL.
-fn expect_count(
+fn one_per_input<T>(
     service: &str,
-    got: usize,
+    answer: Vec<T>,
     want: usize,
     items: &str,
     inputs: &str,
-) -> Result<(), OrchestratorError> {
-    if got == want {
-        Ok(())
+) -> Result<Vec<T>, OrchestratorError> {
+    if answer.len() == want {
+        Ok(answer)
     } else {
         Err(OrchestratorError::Internal(format!(
-            "{service} returned {got} {items} for {want} {inputs}"
+            "{service} returned {} {items} for {want} {inputs}",
+            answer.len()
         )))
     }
 }
@@ -134,14 +135,15 @@ impl Downstream {
             .map_err(OrchestratorError::downstream("embedder"))?
             .into_inner()
             .embeddings;
-        expect_count("embedder", embeddings.len(), count, "vectors", "texts")?;
-        Ok(embeddings
-            .into_iter()
-            .map(|e| Embedded {
-                values: e.values,
-                truncated: e.truncated,
-            })
-            .collect())
+        Ok(
+            one_per_input("embedder", embeddings, count, "vectors", "texts")?
+                .into_iter()
+                .map(|e| Embedded {
+                    values: e.values,
+                    truncated: e.truncated,
+                })
+                .collect(),
+        )
     }
 
     /// The `k` nearest stored clauses of each query that pass `params`'
@@ -171,11 +173,12 @@ impl Downstream {
             .map_err(OrchestratorError::downstream("retriever"))?
             .into_inner()
             .results;
-        expect_count("retriever", results.len(), count, "results", "queries")?;
-        Ok(results
-            .into_iter()
-            .map(|r| r.neighbors.into_iter().map(Neighbour::from).collect())
-            .collect())
+        Ok(
+            one_per_input("retriever", results, count, "results", "queries")?
+                .into_iter()
+                .map(|r| r.neighbors.into_iter().map(Neighbour::from).collect())
+                .collect(),
+        )
     }
 
     /// The fine-tuned classifier's answers.
@@ -193,21 +196,16 @@ impl Downstream {
             .map_err(OrchestratorError::downstream("finetuned-classifier"))?
             .into_inner()
             .results;
-        expect_count(
-            "finetuned-classifier",
-            results.len(),
-            count,
-            "results",
-            "texts",
-        )?;
-        Ok(results
-            .into_iter()
-            .map(|r| FinetunedAnswer {
-                label: r.label,
-                probability: r.probability,
-                alternatives: r.alternatives.into_iter().map(LabelScore::from).collect(),
-            })
-            .collect())
+        Ok(
+            one_per_input("finetuned-classifier", results, count, "results", "texts")?
+                .into_iter()
+                .map(|r| FinetunedAnswer {
+                    label: r.label,
+                    probability: r.probability,
+                    alternatives: r.alternatives.into_iter().map(LabelScore::from).collect(),
+                })
+                .collect(),
+        )
     }
 
     /// The prompt classifier's answers: zero-shot without `examples`,
@@ -253,25 +251,20 @@ impl Downstream {
             .map_err(OrchestratorError::downstream("prompt-classifier"))?
             .into_inner()
             .results;
-        expect_count(
-            "prompt-classifier",
-            results.len(),
-            count,
-            "results",
-            "texts",
-        )?;
-        Ok(results
-            .into_iter()
-            .map(|r| PromptAnswer {
-                label: r.label,
-                confidence: r.confidence,
-                raw_output: r.raw_output,
-                input_tokens: r.input_tokens,
-                output_tokens: r.output_tokens,
-                cost_usd: r.cost_usd,
-                truncated: r.truncated,
-            })
-            .collect())
+        Ok(
+            one_per_input("prompt-classifier", results, count, "results", "texts")?
+                .into_iter()
+                .map(|r| PromptAnswer {
+                    label: r.label,
+                    confidence: r.confidence,
+                    raw_output: r.raw_output,
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                    cost_usd: r.cost_usd,
+                    truncated: r.truncated,
+                })
+                .collect(),
+        )
     }
 
     /// The labels in the index with their counts.
