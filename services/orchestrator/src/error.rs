@@ -38,6 +38,12 @@ impl OrchestratorError {
     }
 }
 
+impl From<lextral_common::TextLimitError> for OrchestratorError {
+    fn from(err: lextral_common::TextLimitError) -> Self {
+        Self::InvalidArgument(err.to_string())
+    }
+}
+
 impl ServiceError for OrchestratorError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {

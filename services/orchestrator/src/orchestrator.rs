@@ -103,9 +103,7 @@ impl Orchestrator {
             ));
         }
         let texts: Vec<String> = items.iter().map(|item| item.text.clone()).collect();
-        text_limits(&self.config)
-            .check(&texts)
-            .map_err(|err| OrchestratorError::InvalidArgument(err.to_string()))?;
+        text_limits(&self.config).check(&texts)?;
         if let Some(index) = items.iter().position(|item| item.label.trim().is_empty()) {
             return Err(OrchestratorError::InvalidArgument(format!(
                 "item {index} has an empty label"

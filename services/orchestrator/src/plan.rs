@@ -261,9 +261,7 @@ impl ClassifyPlan {
             rag_k,
             max_output_tokens,
         } = input;
-        text_limits(config)
-            .check(&texts)
-            .map_err(|err| OrchestratorError::InvalidArgument(err.to_string()))?;
+        text_limits(config).check(&texts)?;
         let strategy = match strategy {
             Strategy::Unspecified => {
                 return bad("strategy must be set (knn, finetuned, cascade, rag, zero-shot)".into())
