@@ -53,6 +53,8 @@ USER 10001
 # gRPC (all services in `serve all`), REST gateway, Prometheus metrics.
 EXPOSE 50051 8080 9464
 ENTRYPOINT ["/usr/local/bin/lextral"]
+# On 0.0.0.0 the server refuses to start without keys: mount a keys file
+# and set LEXTRAL_KEYS_FILE, or set LEXTRAL_INSECURE_NO_AUTH=1 (README "Security").
 CMD ["serve", "all", "--grpc", "0.0.0.0:50051", "--http", "0.0.0.0:8080"]
 
 # ---- bundled (default): runtime plus the models ------------------------------

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use lextral_common::server::{serve_grpc, GrpcRoutes};
+use lextral_common::Access;
 use lextral_embedder::EmbedderConfig;
 use lextral_finetuned_classifier::FinetunedConfig;
 use lextral_orchestrator::OrchestratorConfig;
@@ -283,7 +284,7 @@ fn spawn_grpc(
     tokio::spawn(async move {
         serve_grpc(
             listener,
-            routes.into_routes(),
+            routes,
             // Generous: tests run in parallel on 2 cores, some of them training.
             Duration::from_secs(180),
             async move { token.cancelled().await },
@@ -318,12 +319,34 @@ pub async fn start_stack_with(
     prompt: Option<PromptConfig>,
     tweak: impl FnOnce(&mut OrchestratorConfig),
 ) -> Stack {
+    start_stack_guarded(
+        database_url,
+        model,
+        prompt,
+        Access::open(),
+        Access::open(),
+        tweak,
+    )
+    .await
+}
+
+/// [`start_stack_with`] with the internal services admitting calls by
+/// `internal` and the orchestrator (gRPC and REST) by `public`, whose peer
+/// key it sends downstream.
+pub async fn start_stack_guarded(
+    database_url: &str,
+    model: Option<PathBuf>,
+    prompt: Option<PromptConfig>,
+    internal: Access,
+    public: Access,
+    tweak: impl FnOnce(&mut OrchestratorConfig),
+) -> Stack {
     lextral_common::telemetry::init_tracing(false);
     lextral_common::metrics::prometheus_handle();
     let token = CancellationToken::new();
     let mut tasks = Vec::new();
 
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(internal.clone());
     lextral_embedder::add_to(&EmbedderConfig::with_model(model_dir()), &mut routes)
         .await
         .expect("embedder starts");
@@ -331,7 +354,7 @@ pub async fn start_stack_with(
     let embedder = listener.local_addr().unwrap();
     tasks.push(spawn_grpc(routes, listener, &token));
 
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(internal.clone());
     let mut retriever_config = retriever_config(database_url);
     retriever_config.health_interval_s = 1;
     retriever_config.connect_timeout_s = 2;
@@ -342,7 +365,7 @@ pub async fn start_stack_with(
     let retriever = listener.local_addr().unwrap();
     tasks.push(spawn_grpc(routes, listener, &token));
 
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(internal.clone());
     let mut finetuned_config = FinetunedConfig::with_model(model);
     finetuned_config.embedder_url = Stack::url(embedder);
     lextral_finetuned_classifier::add_to(&finetuned_config, &mut routes)
@@ -355,7 +378,7 @@ pub async fn start_stack_with(
     let prompt = match prompt {
         Some(mut prompt_config) => {
             prompt_config.embedder_url = Some(Stack::url(embedder));
-            let mut routes = GrpcRoutes::new();
+            let mut routes = GrpcRoutes::with_access(internal.clone());
             lextral_prompt_classifier::add_to(&prompt_config, &mut routes)
                 .await
                 .expect("prompt-classifier starts");
@@ -374,7 +397,7 @@ pub async fn start_stack_with(
     }
     config.request_timeout_s = 180;
     tweak(&mut config);
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(public);
     let orchestrator_service = lextral_orchestrator::add_to(&config, &mut routes)
         .await
         .expect("orchestrator starts");

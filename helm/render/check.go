@@ -187,6 +187,25 @@ func Check(docs []Document) []string {
 			if findWorkload(stringMap(get(doc.Object, "spec", "selector", "matchLabels"))) == nil {
 				fail(doc, "selects no pods")
 			}
+		case "NetworkPolicy":
+			w := findWorkload(stringMap(get(doc.Object, "spec", "podSelector", "matchLabels")))
+			if w == nil {
+				fail(doc, "podSelector selects no Deployment or StatefulSet")
+				continue
+			}
+			for _, rule := range list(doc.Object, "spec", "ingress") {
+				for _, from := range list(rule, "from") {
+					selector := stringMap(get(from, "podSelector", "matchLabels"))
+					if findWorkload(selector) == nil && !jobPods(docs, selector) {
+						fail(doc, "admits pods %v, which no workload or Job has", selector)
+					}
+				}
+				for _, p := range list(rule, "ports") {
+					if !portOf(*w, get(p, "port")) {
+						fail(doc, "port %v is not a port of %s/%s", get(p, "port"), w.kind, w.name)
+					}
+				}
+			}
 		case "Ingress":
 			for _, rule := range list(doc.Object, "spec", "rules") {
 				for _, path := range list(rule, "http", "paths") {
@@ -220,6 +239,9 @@ func Check(docs []Document) []string {
 				}
 			}
 			for _, volume := range list(pod, "volumes") {
+				if name := str(volume, "secret", "secretName"); name != "" && !names["Secret/"+name] && !strings.Contains(external, name) {
+					fail(doc, "mounts Secret %s, which is not rendered", name)
+				}
 				if name := str(volume, "persistentVolumeClaim", "claimName"); name != "" && !names["PersistentVolumeClaim/"+name] && !strings.Contains(external, name) {
 					fail(doc, "mounts claim %s, which is not rendered", name)
 				}
@@ -227,6 +249,16 @@ func Check(docs []Document) []string {
 		}
 	}
 	return problems
+}
+
+// jobPods reports whether some Job's pod template carries the labels.
+func jobPods(docs []Document, selector map[string]string) bool {
+	for _, doc := range docs {
+		if str(doc.Object, "kind") == "Job" && selects(selector, stringMap(get(doc.Object, "spec", "template", "metadata", "labels"))) {
+			return true
+		}
+	}
+	return false
 }
 
 // Summary counts the rendered objects per kind.

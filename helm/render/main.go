@@ -126,6 +126,10 @@ func render(chartDir string, files []string, release, namespace string) ([]Docum
 		err = t.Execute(&buf, data)
 		return buf.String(), err
 	}
+	// As `helm template`: no cluster to ask, so nothing exists yet.
+	funcs["lookup"] = func(apiVersion, kind, namespace, name string) map[string]interface{} {
+		return map[string]interface{}{}
+	}
 	funcs["required"] = func(message string, value interface{}) (interface{}, error) {
 		if value == nil || value == "" {
 			return nil, fmt.Errorf("%s", message)
@@ -141,7 +145,8 @@ func render(chartDir string, files []string, release, namespace string) ([]Docum
 	sort.Strings(paths)
 	var manifests []string
 	for _, path := range paths {
-		if !strings.HasSuffix(path, ".yaml") && !strings.HasSuffix(path, ".tpl") {
+		notes := filepath.Base(path) == "NOTES.txt"
+		if !strings.HasSuffix(path, ".yaml") && !strings.HasSuffix(path, ".tpl") && !notes {
 			continue
 		}
 		text, err := os.ReadFile(path)
@@ -154,6 +159,12 @@ func render(chartDir string, files []string, release, namespace string) ([]Docum
 		}
 		if strings.HasSuffix(path, ".yaml") && !strings.HasPrefix(filepath.Base(path), "_") {
 			manifests = append(manifests, name)
+		}
+	}
+	// NOTES.txt is shown, not applied: it must render, nothing more.
+	if t := root.Lookup(filepath.Join(filepath.Base(chartDir), "templates", "NOTES.txt")); t != nil {
+		if err := t.Execute(&bytes.Buffer{}, data); err != nil {
+			return nil, err
 		}
 	}
 	var docs []Document

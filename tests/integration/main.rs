@@ -1,5 +1,6 @@
 //! End-to-end tests against a real PostgreSQL + pgvector and the real model.
 
+mod auth;
 mod bad_input;
 mod database;
 mod dockerfile;

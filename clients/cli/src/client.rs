@@ -4,6 +4,7 @@ use std::io::Read;
 
 use anyhow::Context;
 use clap::Args;
+use lextral_common::{ApiKey, PeerChannel};
 use lextral_orchestrator::http::reply_body;
 use lextral_proto::names::{parse_strategy, parse_vote};
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
@@ -18,11 +19,23 @@ pub struct ServerArgs {
     /// Orchestrator gRPC URL.
     #[arg(long, env = "LEXTRAL_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// API key, when the server wants one (`lextral keys create`).
+    #[arg(long = "api-key", env = "LEXTRAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 impl ServerArgs {
+    /// The key to send, if any: `--api-key` / `LEXTRAL_API_KEY`, else the
+    /// file `LEXTRAL_API_KEY_FILE` names (a mounted Secret).
+    pub fn key(&self) -> anyhow::Result<Option<ApiKey>> {
+        match api_key(self.api_key.as_deref()) {
+            Some(key) => Ok(Some(key)),
+            None => Ok(lextral_common::api_key_from_env(&["LEXTRAL_API_KEY"])?),
+        }
+    }
+
     /// Connects, with a message that says what to do when nothing listens.
-    pub async fn connect(&self) -> anyhow::Result<OrchestratorServiceClient<Channel>> {
+    pub async fn connect(&self) -> anyhow::Result<OrchestratorServiceClient<PeerChannel>> {
         let channel = Channel::from_shared(self.server.clone())
             .with_context(|| format!("bad server URL {:?}", self.server))?
             .connect()
@@ -33,9 +46,19 @@ impl ServerArgs {
                     self.server
                 )
             })?;
-        Ok(OrchestratorServiceClient::new(channel)
-            .max_decoding_message_size(lextral_common::MAX_MESSAGE_BYTES))
+        Ok(
+            OrchestratorServiceClient::new(PeerChannel::new(channel, self.key()?.as_ref())?)
+                .max_decoding_message_size(lextral_common::MAX_MESSAGE_BYTES),
+        )
     }
+}
+
+/// A non-blank `--api-key` value as a key.
+pub fn api_key(value: Option<&str>) -> Option<ApiKey> {
+    value
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(ApiKey::new)
 }
 
 /// Strategy options shared by `classify` and `eval`.

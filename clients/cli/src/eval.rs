@@ -20,7 +20,6 @@ use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::{OrchestratorServiceInfoRequest, Strategy};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::client::{ServerArgs, StrategyArgs};
@@ -327,7 +326,7 @@ struct Settings {
 /// Classifies the clauses `predictions` lacks, appending each answer to
 /// `predictions` and the journal as it arrives.
 async fn classify_all(
-    client: &OrchestratorServiceClient<Channel>,
+    client: &OrchestratorServiceClient<lextral_common::PeerChannel>,
     args: &StrategyArgs,
     examples: &[Example],
     hashes: &[String],
@@ -408,7 +407,7 @@ async fn classify_all(
 
 /// One clause, retrying overload and restarts a few times.
 async fn classify_one(
-    client: &mut OrchestratorServiceClient<Channel>,
+    client: &mut OrchestratorServiceClient<lextral_common::PeerChannel>,
     request: lextral_proto::v1::ClassifyRequest,
 ) -> anyhow::Result<(f64, lextral_proto::v1::ClassificationResult)> {
     let mut attempt = 0;
@@ -447,7 +446,7 @@ async fn run_metadata(
     data: &Path,
     names: &[String],
     clauses: usize,
-    mut client: OrchestratorServiceClient<Channel>,
+    mut client: OrchestratorServiceClient<lextral_common::PeerChannel>,
 ) -> anyhow::Result<RunRecord> {
     let split_file = data.join(format!("{}.jsonl", args.split));
     let labels_file = data.join("labels.txt");

@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod finetune;
 mod index;
+mod keys;
 mod migrate;
 mod serve;
 mod train;
@@ -53,6 +54,11 @@ enum Command {
     Finetune {
         #[command(subcommand)]
         command: finetune::FinetuneCommand,
+    },
+    /// API keys: create, list, revoke (the servers' --keys-file).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// Data sets.
     Data {
@@ -106,6 +112,9 @@ struct FetchArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Keys { command } = cli.command {
+        return keys::run(command);
+    }
     let json_logs = std::env::var("LEXTRAL_LOG_JSON").is_ok_and(|v| v == "1" || v == "true");
     lextral_common::telemetry::init_tracing(json_logs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -121,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             Command::Train(args) => train::run(args).await,
             Command::Finetune { command } => finetune::run(command).await,
             Command::Bench { command } => bench::run(command).await,
+            Command::Keys { .. } => unreachable!("handled before the runtime starts"),
             Command::Data {
                 command:
                     DataCommand::Fetch {

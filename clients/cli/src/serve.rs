@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use clap::{Args, Subcommand};
 use lextral_common::server::{bind, serve_grpc, GrpcRoutes};
 use lextral_common::shutdown::shutdown_token;
+use lextral_common::{Access, AccessConfig, ApiKey};
 use lextral_embedder::EmbedderConfig;
 use lextral_finetuned_classifier::FinetunedConfig;
 use lextral_orchestrator::OrchestratorConfig;
@@ -45,6 +46,59 @@ pub struct MetricsArgs {
     metrics: String,
 }
 
+/// Who may call, and how many calls run at once: shared by all targets.
+#[derive(Args, Debug)]
+pub struct AccessArgs {
+    /// API keys file (`lextral keys create`). With it every data call needs
+    /// `authorization: Bearer KEY`; the file is re-read when it changes.
+    #[arg(long = "keys-file", env = "LEXTRAL_KEYS_FILE")]
+    keys_file: Option<std::path::PathBuf>,
+    /// Key this service sends to the services it calls and accepts from
+    /// them (scope admin). Services run apart share one. Also read from the
+    /// file LEXTRAL_SERVICE_KEY_FILE names.
+    #[arg(
+        long = "service-key",
+        env = "LEXTRAL_SERVICE_KEY",
+        hide_env_values = true
+    )]
+    service_key: Option<String>,
+    /// Serve without API keys on a non-loopback address (logged as a warning).
+    #[arg(long = "insecure-no-auth", env = "LEXTRAL_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Calls in flight per service; more are refused at once with
+    /// RESOURCE_EXHAUSTED / 429 and Retry-After. 0: no limit.
+    #[arg(
+        long = "max-concurrent-requests",
+        env = "LEXTRAL_MAX_CONCURRENT_REQUESTS",
+        default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS
+    )]
+    max_concurrent_requests: usize,
+}
+
+/// Enough to keep the embedder's batches full; few enough that an admitted
+/// call is answered in well under a second on two cores.
+const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
+
+impl AccessArgs {
+    fn config(&self) -> anyhow::Result<AccessConfig> {
+        let service_key = match &self.service_key {
+            Some(key) if !key.trim().is_empty() => Some(ApiKey::new(key.trim())),
+            _ => lextral_common::api_key_from_env(&["LEXTRAL_SERVICE_KEY"])?,
+        };
+        Ok(AccessConfig {
+            keys_file: self.keys_file.clone(),
+            service_key,
+            insecure_no_auth: self.insecure_no_auth,
+            max_concurrent_requests: self.max_concurrent_requests,
+        })
+    }
+
+    /// The policy of a service whose peers are other processes.
+    fn access(&self) -> anyhow::Result<Access> {
+        Access::new(&self.config()?)
+    }
+}
+
 /// `serve all`.
 #[derive(Args)]
 pub struct AllArgs {
@@ -57,6 +111,8 @@ pub struct AllArgs {
     grpc: String,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    access: AccessArgs,
     #[command(flatten)]
     embedder: EmbedderConfig,
     #[command(flatten)]
@@ -82,6 +138,8 @@ pub struct EmbedderArgs {
     #[command(flatten)]
     metrics: MetricsArgs,
     #[command(flatten)]
+    access: AccessArgs,
+    #[command(flatten)]
     config: EmbedderConfig,
 }
 
@@ -93,6 +151,8 @@ pub struct RetrieverArgs {
     grpc: String,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    access: AccessArgs,
     #[command(flatten)]
     config: RetrieverConfig,
 }
@@ -106,6 +166,8 @@ pub struct FinetunedArgs {
     #[command(flatten)]
     metrics: MetricsArgs,
     #[command(flatten)]
+    access: AccessArgs,
+    #[command(flatten)]
     config: FinetunedConfig,
 }
 
@@ -117,6 +179,8 @@ pub struct PromptArgs {
     grpc: String,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    access: AccessArgs,
     #[command(flatten)]
     config: PromptConfig,
 }
@@ -132,6 +196,8 @@ pub struct OrchestratorArgs {
     grpc: String,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    access: AccessArgs,
     #[command(flatten)]
     config: OrchestratorConfig,
 }
@@ -165,17 +231,27 @@ fn loopback_url(addr: SocketAddr) -> String {
     format!("http://{host}:{}", addr.port())
 }
 
-/// Starts a lone service's `/metrics` and binds its gRPC port.
+/// Binds `addr` for `what`, refusing a public address `access` leaves open.
+async fn bind_guarded(addr: &str, access: &Access, what: &str) -> anyhow::Result<TcpListener> {
+    let listener = bind(addr).await?;
+    access.check_exposure(listener.local_addr()?, what)?;
+    Ok(listener)
+}
+
+/// Builds a lone service's admission policy, starts its `/metrics` and
+/// binds its gRPC port.
 async fn listen_alone(
     metrics: &MetricsArgs,
+    access: &AccessArgs,
     grpc: &str,
     token: &CancellationToken,
     name: &str,
-) -> anyhow::Result<TcpListener> {
+) -> anyhow::Result<(Access, TcpListener)> {
+    let access = access.access()?;
     start_metrics(metrics, token).await?;
-    let listener = bind(grpc).await?;
-    tracing::info!(addr = %listener.local_addr()?, "{name} gRPC listening");
-    Ok(listener)
+    let listener = bind_guarded(grpc, &access, &format!("the {name} gRPC API")).await?;
+    tracing::info!(addr = %listener.local_addr()?, keys = access.requires_keys(), "{name} gRPC listening");
+    Ok((access, listener))
 }
 
 /// Resolves when `token` is cancelled (ctrl-c or SIGTERM).
@@ -190,31 +266,46 @@ pub async fn run(target: Target) -> anyhow::Result<()> {
     match target {
         Target::All(args) => run_all(*args, token).await,
         Target::Embedder(args) => {
-            let listener = listen_alone(&args.metrics, &args.grpc, &token, "embedder").await?;
-            lextral_embedder::run(args.config, listener, cancelled(token)).await
+            let (access, listener) =
+                listen_alone(&args.metrics, &args.access, &args.grpc, &token, "embedder").await?;
+            lextral_embedder::run(args.config, access, listener, cancelled(token)).await
         }
         Target::Retriever(args) => {
             // A store misconfiguration is reported before any port is taken.
             args.config.store_kind()?;
-            let listener = listen_alone(&args.metrics, &args.grpc, &token, "retriever").await?;
-            lextral_retriever::run(args.config, listener, cancelled(token)).await
+            let (access, listener) =
+                listen_alone(&args.metrics, &args.access, &args.grpc, &token, "retriever").await?;
+            lextral_retriever::run(args.config, access, listener, cancelled(token)).await
         }
         Target::FinetunedClassifier(args) => {
-            let listener =
-                listen_alone(&args.metrics, &args.grpc, &token, "finetuned-classifier").await?;
-            lextral_finetuned_classifier::run(args.config, listener, cancelled(token)).await
+            let (access, listener) = listen_alone(
+                &args.metrics,
+                &args.access,
+                &args.grpc,
+                &token,
+                "finetuned-classifier",
+            )
+            .await?;
+            lextral_finetuned_classifier::run(args.config, access, listener, cancelled(token)).await
         }
         Target::PromptClassifier(args) => {
-            let listener =
-                listen_alone(&args.metrics, &args.grpc, &token, "prompt-classifier").await?;
-            lextral_prompt_classifier::run(args.config, listener, cancelled(token)).await
+            let (access, listener) = listen_alone(
+                &args.metrics,
+                &args.access,
+                &args.grpc,
+                &token,
+                "prompt-classifier",
+            )
+            .await?;
+            lextral_prompt_classifier::run(args.config, access, listener, cancelled(token)).await
         }
         Target::Orchestrator(args) => {
+            let access = args.access.access()?;
             start_metrics(&args.metrics, &token).await?;
-            let grpc = bind(&args.grpc).await?;
-            let http = bind(&args.http).await?;
-            tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, "orchestrator listening");
-            lextral_orchestrator::run(args.config, grpc, http, cancelled(token)).await
+            let grpc = bind_guarded(&args.grpc, &access, "the orchestrator gRPC API").await?;
+            let http = bind_guarded(&args.http, &access, "the REST gateway").await?;
+            tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, keys = access.requires_keys(), "orchestrator listening");
+            lextral_orchestrator::run(args.config, access, grpc, http, cancelled(token)).await
         }
     }
 }
@@ -228,13 +319,14 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
         orchestrator = ?args.orchestrator,
         "starting all services"
     );
+    let access = Access::for_one_process(&args.access.config()?)?;
     start_metrics(&args.metrics, &token).await?;
-    let grpc_listener = bind(&args.grpc).await?;
-    let http_listener = bind(&args.http).await?;
+    let grpc_listener = bind_guarded(&args.grpc, &access, "the gRPC APIs").await?;
+    let http_listener = bind_guarded(&args.http, &access, "the REST gateway").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(access);
     let queue = lextral_embedder::add_to(&args.embedder, &mut routes).await?;
     if queue.info().dimension != args.retriever.dimension {
         anyhow::bail!(
@@ -281,11 +373,11 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
         orchestrator,
         async move { http_token.cancelled().await },
     ));
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, "lextral is up: REST http://{http_addr}/ , gRPC {grpc_addr}");
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, keys = routes.access().requires_keys(), "lextral is up: REST http://{http_addr}/ , gRPC {grpc_addr}");
     let grpc_token = token.clone();
     serve_grpc(
         grpc_listener,
-        routes.into_routes(),
+        routes,
         Duration::from_secs(args.orchestrator.request_timeout_s.max(1)),
         async move { grpc_token.cancelled().await },
     )

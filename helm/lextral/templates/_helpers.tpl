@@ -39,12 +39,39 @@ http://{{ include "lextral.fullname" .root }}-{{ .component }}:{{ .port }}
 {{/* Objects the release reads but does not create (the user's Secret and
 claims), named on every workload so reviewers and helm/check.sh see them. */}}
 {{- define "lextral.externalRefs" -}}
-{{- compact (list .Values.secrets.existingSecret .Values.finetunedClassifier.model.existingClaim .Values.indexJob.data.existingClaim) | join "," -}}
+{{- compact (list .Values.secrets.existingSecret .Values.auth.existingKeysSecret .Values.finetunedClassifier.model.existingClaim .Values.indexJob.data.existingClaim) | join "," -}}
 {{- end -}}
 
+{{/* The bundled database's URL: (dict "root" $ "password" P). */}}
 {{- define "lextral.databaseUrl" -}}
-{{- $pg := .Values.postgresql -}}
-postgres://{{ $pg.user }}:{{ $pg.password }}@{{ include "lextral.fullname" . }}-postgresql:5432/{{ $pg.database }}
+{{- $pg := .root.Values.postgresql -}}
+postgres://{{ $pg.user }}:{{ .password }}@{{ include "lextral.fullname" .root }}-postgresql:5432/{{ $pg.database }}
+{{- end -}}
+
+{{/* The bundled database's password: the value given, else the one this
+release generated before (kept in its Secret), else a new one. */}}
+{{- define "lextral.postgresPassword" -}}
+{{- if .Values.postgresql.password -}}
+{{- .Values.postgresql.password -}}
+{{- else -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (printf "%s-secrets" (include "lextral.fullname" .)) -}}
+{{- if and $secret $secret.data (index $secret.data "postgres-password") -}}
+{{- index $secret.data "postgres-password" | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the generated service key (and, without
+auth.existingKeysSecret, the generated admin key and keys.json). */}}
+{{- define "lextral.authSecretName" -}}
+{{- printf "%s-auth" (include "lextral.fullname" .) -}}
+{{- end -}}
+
+{{/* The Secret holding keys.json for the orchestrator. */}}
+{{- define "lextral.keysSecretName" -}}
+{{- .Values.auth.existingKeysSecret | default (include "lextral.authSecretName" .) -}}
 {{- end -}}
 
 {{/*
@@ -135,6 +162,19 @@ spec:
           env:
             - name: LEXTRAL_GRPC
               value: "0.0.0.0:{{ $grpc.port }}"
+            # Sent to the services this one calls and required from its
+            # callers; a file, so it never shows in the pod's environment.
+            - name: LEXTRAL_SERVICE_KEY_FILE
+              value: /var/run/lextral/auth/service-key
+            {{- if .public }}
+            {{- if $root.Values.auth.insecureNoAuth }}
+            - name: LEXTRAL_INSECURE_NO_AUTH
+              value: "true"
+            {{- else }}
+            - name: LEXTRAL_KEYS_FILE
+              value: /var/run/lextral/keys/keys.json
+            {{- end }}
+            {{- end }}
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -167,6 +207,14 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            - name: auth
+              mountPath: /var/run/lextral/auth
+              readOnly: true
+            {{- if and .public (not $root.Values.auth.insecureNoAuth) }}
+            - name: keys
+              mountPath: /var/run/lextral/keys
+              readOnly: true
+            {{- end }}
             {{- if .models }}
             - name: models
               mountPath: /models
@@ -178,6 +226,22 @@ spec:
       volumes:
         - name: tmp
           emptyDir: {}
+        - name: auth
+          secret:
+            secretName: {{ include "lextral.authSecretName" $root }}
+            items:
+              - key: service-key
+                path: service-key
+        {{- if and .public (not $root.Values.auth.insecureNoAuth) }}
+        # Mounted whole (no subPath), so edits to the Secret reach the file
+        # and the server picks them up without a restart.
+        - name: keys
+          secret:
+            secretName: {{ include "lextral.keysSecretName" $root }}
+            items:
+              - key: keys.json
+                path: keys.json
+        {{- end }}
         {{- if .models }}
         - name: models
           emptyDir: {}

@@ -19,6 +19,21 @@ pub fn write_atomically(
     let file = writer.into_inner().map_err(|err| err.into_error())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    sync_parent(path)
+}
+
+/// Syncs the directory holding `path`, so a rename into it survives a crash.
+pub fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing directory {}", parent.display()))?;
+    }
     Ok(())
 }
 

@@ -1,11 +1,17 @@
 //! What every Lextral service shares: one error-code table for gRPC and HTTP,
 //! tracing set-up, Prometheus metrics, shutdown signals, gRPC bootstrap,
-//! client channels, request limits and secrets.
+//! client channels, request limits and secrets, API keys and admission.
 
+#[cfg(feature = "service")]
+pub mod access;
+#[cfg(feature = "service")]
+pub mod auth;
 #[cfg(feature = "service")]
 pub mod client;
 pub mod error;
 pub mod fs;
+#[cfg(feature = "service")]
+pub mod guard;
 pub mod labels;
 pub mod limits;
 #[cfg(feature = "service")]
@@ -19,7 +25,9 @@ pub mod shutdown;
 pub mod telemetry;
 
 #[cfg(feature = "service")]
-pub use client::{lazy_channel, MAX_MESSAGE_BYTES};
+pub use access::{Access, AccessConfig};
+#[cfg(feature = "service")]
+pub use client::{lazy_channel, PeerChannel, MAX_MESSAGE_BYTES};
 #[cfg(feature = "service")]
 pub use error::into_status;
 pub use error::{client_message, ServiceError, ServiceErrorCode};

@@ -1,6 +1,7 @@
 //! Prometheus metrics: one global recorder, a scrape endpoint on its own port,
 //! and a tower layer timing every gRPC call by method and status code.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -101,7 +102,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, rpc) = split_grpc_path(request.uri().path());
+        let (service, rpc) = metric_labels(request.uri().path());
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -127,6 +128,33 @@ where
     }
 }
 
+/// Paths a label may name: the Lextral methods, health and reflection.
+fn known_paths() -> &'static HashSet<String> {
+    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let mut known: HashSet<String> = lextral_proto::method_paths().into_iter().collect();
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            known.insert(path.to_owned());
+        }
+        known
+    })
+}
+
+/// Service and rpc labels; any path no proto defines is one `unknown`
+/// series, so random paths cannot grow the metrics without bound.
+fn metric_labels(path: &str) -> (String, String) {
+    if known_paths().contains(path) {
+        split_grpc_path(path)
+    } else {
+        ("unknown".to_owned(), "unknown".to_owned())
+    }
+}
+
 fn split_grpc_path(path: &str) -> (String, String) {
     let trimmed = path.trim_start_matches('/');
     match trimmed.split_once('/') {
@@ -137,7 +165,22 @@ fn split_grpc_path(path: &str) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_grpc_path;
+    use super::{metric_labels, split_grpc_path};
+
+    #[test]
+    fn unknown_paths_share_one_label() {
+        assert_eq!(
+            metric_labels("/lextral.v1.RetrieverService/Delete"),
+            (
+                "lextral.v1.RetrieverService".to_owned(),
+                "Delete".to_owned()
+            )
+        );
+        assert_eq!(
+            metric_labels("/x9f3/random"),
+            ("unknown".to_owned(), "unknown".to_owned())
+        );
+    }
 
     #[test]
     fn splits_service_and_method() {

@@ -10,12 +10,16 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
+use crate::access::Access;
+use crate::guard::GrpcGuardLayer;
 use crate::metrics::GrpcMetricsLayer;
 
-/// Routes under construction plus the health reporter the services flip.
+/// Routes under construction, the health reporter the services flip, and
+/// the admission policy the server applies to them.
 pub struct GrpcRoutes {
     builder: RoutesBuilder,
     health: HealthReporter,
+    access: Access,
 }
 
 impl Default for GrpcRoutes {
@@ -25,8 +29,14 @@ impl Default for GrpcRoutes {
 }
 
 impl GrpcRoutes {
-    /// Starts with gRPC health and reflection (v1 and v1alpha, for older grpcurl).
+    /// Starts with gRPC health and reflection (v1 and v1alpha, for older
+    /// grpcurl), open to every caller and without a concurrency limit.
     pub fn new() -> Self {
+        Self::with_access(Access::open())
+    }
+
+    /// [`GrpcRoutes::new`] admitting calls by `access`.
+    pub fn with_access(access: Access) -> Self {
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut builder = RoutesBuilder::default();
         builder.add_service(health_service);
@@ -42,7 +52,16 @@ impl GrpcRoutes {
             .expect("embedded descriptor sets are valid");
         builder.add_service(reflection_v1);
         builder.add_service(reflection_v1alpha);
-        Self { builder, health }
+        Self {
+            builder,
+            health,
+            access,
+        }
+    }
+
+    /// The admission policy: its peer key is what this server's own clients send.
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// The health reporter; services start NOT_SERVING and flip when ready.
@@ -64,13 +83,9 @@ impl GrpcRoutes {
             + 'static,
         S::Future: Send + 'static,
     {
+        self.access.register(S::NAME);
         self.builder.add_service(service);
         self
-    }
-
-    /// Finishes the routes.
-    pub fn into_routes(self) -> Routes {
-        self.builder.routes()
     }
 
     /// Serves these routes alone on `listener` (a service run by itself)
@@ -81,24 +96,29 @@ impl GrpcRoutes {
         request_timeout: Duration,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        serve_grpc(listener, self.into_routes(), request_timeout, shutdown).await?;
+        serve_grpc(listener, self, request_timeout, shutdown).await?;
         Ok(())
     }
 }
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains
-/// in-flight calls.
+/// in-flight calls. Every call passes the routes' [`Access`] first.
 pub async fn serve_grpc(
     listener: TcpListener,
-    routes: Routes,
+    routes: GrpcRoutes,
     request_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     // Without TCP_NODELAY small responses wait on Nagle + delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let GrpcRoutes {
+        builder, access, ..
+    } = routes;
+    let routes: Routes = builder.routes();
     Server::builder()
         .timeout(request_timeout)
         .layer(GrpcMetricsLayer)
+        .layer(GrpcGuardLayer::new(access))
         .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)

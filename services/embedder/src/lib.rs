@@ -58,14 +58,15 @@ pub async fn add_to(
     Ok(queue)
 }
 
-/// Runs the embedder alone on `listener` until `shutdown` resolves.
+/// Runs the embedder alone on `listener`, admitting calls by `access`, until `shutdown` resolves.
 pub async fn run(
     config: EmbedderConfig,
+    access: lextral_common::Access,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(?config, "starting embedder");
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(access);
     add_to(&config, &mut routes).await?;
     routes
         .serve(listener, config.request_timeout(), shutdown)

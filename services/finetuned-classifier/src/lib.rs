@@ -45,7 +45,10 @@ pub async fn add_to(
     health
         .set_not_serving::<FinetunedClassifierServiceServer<FinetunedGrpc>>()
         .await;
-    let service = Arc::new(FinetunedService::new(config.clone())?);
+    let service = Arc::new(FinetunedService::new(
+        config.clone(),
+        routes.access().peer_key(),
+    )?);
     if let Some(remote) = service.remote_model() {
         tracing::info!(model = remote, url = %config.mistral_url, "serving a Mistral fine-tuned classifier");
         health
@@ -87,11 +90,12 @@ fn watch_sighup(_service: Arc<FinetunedService>, _health: tonic_health::server::
 /// Runs the service alone on `listener` until `shutdown` resolves.
 pub async fn run(
     config: FinetunedConfig,
+    access: lextral_common::Access,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(?config, "starting finetuned-classifier");
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(access);
     add_to(&config, &mut routes).await?;
     routes
         .serve(listener, config.request_timeout(), shutdown)

@@ -7,11 +7,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use lextral_common::{lazy_channel, TextLimits, MAX_MESSAGE_BYTES};
+use lextral_common::{ApiKey, PeerChannel};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient, EmbedRequest, FinetunedClassification,
     LabelScore,
 };
-use tonic::transport::Channel;
 
 use crate::config::FinetunedConfig;
 use crate::error::FinetunedError;
@@ -24,15 +24,21 @@ pub const DEFAULT_TOP_K: usize = 5;
 pub struct FinetunedService {
     config: FinetunedConfig,
     current: RwLock<Option<Arc<Classifier>>>,
-    embedder: EmbedderServiceClient<Channel>,
+    embedder: EmbedderServiceClient<PeerChannel>,
     reload_lock: tokio::sync::Mutex<()>,
     remote: Option<(crate::mistral::MistralClient, String)>,
 }
 
 impl FinetunedService {
-    /// Creates the service; `load` must be called to load the model.
-    pub fn new(config: FinetunedConfig) -> anyhow::Result<Self> {
-        let channel = lazy_channel("embedder", &config.embedder_url, config.request_timeout())?;
+    /// Creates the service, its embedder client sending `peer_key`; `load`
+    /// must be called to load the model.
+    pub fn new(config: FinetunedConfig, peer_key: Option<&ApiKey>) -> anyhow::Result<Self> {
+        let channel = lazy_channel(
+            "embedder",
+            &config.embedder_url,
+            config.request_timeout(),
+            peer_key,
+        )?;
         let remote = match &config.mistral_model {
             Some(model) => Some((
                 crate::mistral::MistralClient::new(

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lextral_common::{lazy_channel, MAX_MESSAGE_BYTES};
+use lextral_common::{Access, PeerChannel};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient,
     finetuned_classifier_service_client::FinetunedClassifierServiceClient,
@@ -17,7 +18,6 @@ use lextral_proto::v1::{
     PromptClassifierServiceClassifyRequest, PromptClassifierServiceInfoRequest, PromptMode,
     QueryVector, SearchRequest, StatsRequest, UpsertRecord, UpsertRequest,
 };
-use tonic::transport::Channel;
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
@@ -92,19 +92,20 @@ pub struct PromptAnswer {
 
 /// Clients for the four services.
 pub struct Downstream {
-    embedder: EmbedderServiceClient<Channel>,
-    retriever: RetrieverServiceClient<Channel>,
-    finetuned: FinetunedClassifierServiceClient<Channel>,
-    prompt: PromptClassifierServiceClient<Channel>,
-    embedder_channel: Channel,
-    retriever_channel: Channel,
+    embedder: EmbedderServiceClient<PeerChannel>,
+    retriever: RetrieverServiceClient<PeerChannel>,
+    finetuned: FinetunedClassifierServiceClient<PeerChannel>,
+    prompt: PromptClassifierServiceClient<PeerChannel>,
+    embedder_channel: PeerChannel,
+    retriever_channel: PeerChannel,
 }
 
 impl Downstream {
-    /// Lazy clients for the configured URLs: services may start in any order.
-    pub fn new(config: &OrchestratorConfig) -> anyhow::Result<Self> {
+    /// Lazy clients for the configured URLs, sending `access`'s peer key:
+    /// services may start in any order.
+    pub fn new(config: &OrchestratorConfig, access: &Access) -> anyhow::Result<Self> {
         let timeout = config.request_timeout();
-        let channel = |url: &str| lazy_channel("downstream", url, timeout);
+        let channel = |url: &str| lazy_channel("downstream", url, timeout, access.peer_key());
         let embedder_channel = channel(&config.embedder_url)?;
         let retriever_channel = channel(&config.retriever_url)?;
         Ok(Self {
@@ -373,12 +374,12 @@ impl Downstream {
             (
                 "embedder",
                 "lextral.v1.EmbedderService",
-                self.embedder_channel.clone(),
+                self.embedder_channel.channel(),
             ),
             (
                 "retriever",
                 "lextral.v1.RetrieverService",
-                self.retriever_channel.clone(),
+                self.retriever_channel.channel(),
             ),
         ];
         let futures = checks

@@ -15,11 +15,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use lextral_common::{client_message, ServiceErrorCode};
+use lextral_common::{client_message, guard, ServiceErrorCode};
 use lextral_proto::names::{parse_strategy, parse_vote, strategy_name};
+use lextral_proto::v1::orchestrator_service_server::SERVICE_NAME as ORCHESTRATOR_SERVICE;
 use lextral_proto::v1::ClassifyResponse;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 
@@ -566,6 +568,11 @@ pub fn app(orchestrator: Arc<Orchestrator>) -> Router {
         .route("/v1/info", get(info))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(guard::http_panic_response))
+        .layer(middleware::from_fn_with_state(
+            (orchestrator.access().clone(), ORCHESTRATOR_SERVICE),
+            guard::http_guard,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http())

@@ -43,7 +43,10 @@ pub async fn add_to(
     config: &OrchestratorConfig,
     routes: &mut GrpcRoutes,
 ) -> anyhow::Result<Arc<Orchestrator>> {
-    let orchestrator = Arc::new(Orchestrator::new(config.clone())?);
+    let orchestrator = Arc::new(Orchestrator::with_access(
+        config.clone(),
+        routes.access().clone(),
+    )?);
     routes.add_service(OrchestratorServiceServer::new(OrchestratorGrpc::new(
         orchestrator.clone(),
     )));
@@ -58,13 +61,14 @@ pub async fn add_to(
 /// `http_listener`, both stopped by `shutdown`.
 pub async fn run(
     config: OrchestratorConfig,
+    access: lextral_common::Access,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(?config, "starting orchestrator");
     let token = CancellationToken::new();
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(access);
     let orchestrator = add_to(&config, &mut routes).await?;
     let stop = token.clone();
     tokio::spawn(async move {
@@ -78,7 +82,7 @@ pub async fn run(
     let grpc_token = token.clone();
     serve_grpc(
         grpc_listener,
-        routes.into_routes(),
+        routes,
         config.request_timeout(),
         async move { grpc_token.cancelled().await },
     )

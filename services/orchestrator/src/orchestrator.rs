@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use lextral_common::Access;
 use lextral_proto::names::strategy_name;
 
 use crate::config::OrchestratorConfig;
@@ -25,14 +26,22 @@ pub struct Orchestrator {
     prompt_labels: tokio::sync::RwLock<Option<(Instant, Vec<String>)>>,
     pub(crate) config: OrchestratorConfig,
     default_vote: VoteKind,
+    access: Access,
 }
 
 impl Orchestrator {
-    /// Creates clients for the configured downstream services.
+    /// Creates clients for the configured downstream services; open to all
+    /// callers (tests, embedded use).
     pub fn new(config: OrchestratorConfig) -> anyhow::Result<Self> {
+        Self::with_access(config, Access::open())
+    }
+
+    /// Creates the orchestrator admitting REST calls by `access` and sending
+    /// its peer key downstream.
+    pub fn with_access(config: OrchestratorConfig, access: Access) -> anyhow::Result<Self> {
         let default_vote = default_vote(&config).map_err(anyhow::Error::msg)?;
         Ok(Self {
-            downstream: Downstream::new(&config)?,
+            downstream: Downstream::new(&config, &access)?,
             fixed_labels: config
                 .labels_file
                 .as_deref()
@@ -41,7 +50,13 @@ impl Orchestrator {
             prompt_labels: tokio::sync::RwLock::new(None),
             config,
             default_vote,
+            access,
         })
+    }
+
+    /// Who may call the gateway, and how many calls it takes at once.
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// The configuration.

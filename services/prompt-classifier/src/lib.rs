@@ -45,7 +45,7 @@ pub async fn add_to(
     health
         .set_not_serving::<PromptClassifierServiceServer<PromptGrpc>>()
         .await;
-    let (service, choice) = PromptService::new(config.clone())?;
+    let (service, choice) = PromptService::new(config.clone(), routes.access().peer_key())?;
     let service = Arc::new(service);
     match choice {
         BackendChoice::Chat(settings) => {
@@ -102,11 +102,12 @@ pub async fn add_to(
 /// Runs the service alone on `listener` until `shutdown` resolves.
 pub async fn run(
     config: PromptConfig,
+    access: lextral_common::Access,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(?config, "starting prompt-classifier");
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(access);
     add_to(&config, &mut routes).await?;
     // Generous: a local model answers a RAG prompt in seconds, not ms.
     let timeout = config.timeout() + std::time::Duration::from_secs(5);

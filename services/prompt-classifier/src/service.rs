@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use lextral_common::{lazy_channel, TextLimits, MAX_MESSAGE_BYTES};
+use lextral_common::{ApiKey, PeerChannel};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient, EmbedRequest, FewShotExamples,
     PromptClassification, PromptMode,
 };
-use tonic::transport::Channel;
 
 use crate::backend::{CompletionRequest, LlmBackend};
 use crate::chat::{ChatSettings, RetryPolicy};
@@ -45,7 +45,7 @@ pub struct PromptService {
     templates: Templates,
     prices: PriceTable,
     backend: RwLock<Result<Arc<dyn LlmBackend>, String>>,
-    embedder: Option<EmbedderServiceClient<Channel>>,
+    embedder: Option<EmbedderServiceClient<PeerChannel>>,
     label_vectors: tokio::sync::Mutex<HashMap<String, Vec<f32>>>,
 }
 
@@ -65,7 +65,10 @@ pub enum BackendChoice {
 impl PromptService {
     /// Validates the configuration; the backend is attached later
     /// ([`Self::set_backend`]) because loading a local model takes seconds.
-    pub fn new(config: PromptConfig) -> anyhow::Result<(Self, BackendChoice)> {
+    pub fn new(
+        config: PromptConfig,
+        peer_key: Option<&ApiKey>,
+    ) -> anyhow::Result<(Self, BackendChoice)> {
         let choice = Self::backend_choice(&config)?;
         let constrained = matches!(choice, BackendChoice::Local { .. }) && config.constrained;
         let templates = Templates::from_files(
@@ -90,8 +93,13 @@ impl PromptService {
         }
         let embedder = match &config.embedder_url {
             Some(url) => Some(
-                EmbedderServiceClient::new(lazy_channel("embedder", url, Duration::from_secs(30))?)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                EmbedderServiceClient::new(lazy_channel(
+                    "embedder",
+                    url,
+                    Duration::from_secs(30),
+                    peer_key,
+                )?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             ),
             None => None,
         };
@@ -444,7 +452,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_requests_are_rejected_before_any_llm_call() {
-        let (service, _) = PromptService::new(PromptConfig::default()).unwrap();
+        let (service, _) = PromptService::new(PromptConfig::default(), None).unwrap();
         assert!(error(&service, input(&[], &["A"])).await.contains("texts"));
         assert!(error(&service, input(&["  "], &["A"]))
             .await
@@ -489,19 +497,19 @@ mod tests {
             backend: "gpt".into(),
             ..PromptConfig::default()
         };
-        let err = PromptService::new(config).err().unwrap().to_string();
+        let err = PromptService::new(config, None).err().unwrap().to_string();
         assert!(err.contains("unknown --llm-backend"), "{err}");
         let config = PromptConfig {
             backend: "openai".into(),
             ..PromptConfig::default()
         };
-        let err = PromptService::new(config).err().unwrap().to_string();
+        let err = PromptService::new(config, None).err().unwrap().to_string();
         assert!(err.contains("--llm-model"), "{err}");
         let config = PromptConfig {
             zero_shot_template: Some("/nonexistent/template.txt".into()),
             ..PromptConfig::default()
         };
-        let err = PromptService::new(config).err().unwrap().to_string();
+        let err = PromptService::new(config, None).err().unwrap().to_string();
         assert!(err.contains("cannot read template"), "{err}");
     }
 }

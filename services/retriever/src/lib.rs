@@ -104,11 +104,12 @@ pub async fn add_to(
 /// Runs the retriever alone on `listener` until `shutdown` resolves.
 pub async fn run(
     config: RetrieverConfig,
+    access: lextral_common::Access,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(?config, "starting retriever");
-    let mut routes = GrpcRoutes::new();
+    let mut routes = GrpcRoutes::with_access(access);
     add_to(&config, &mut routes).await?;
     routes
         .serve(listener, Duration::from_secs(config.timeout_s), shutdown)

@@ -59,6 +59,9 @@ pub struct LoadArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     http: String,
+    /// API key, when the server wants one.
+    #[arg(long = "api-key", env = "LEXTRAL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// A service's Prometheus endpoint as NAME=URL (repeatable); its
     /// resident and peak memory are read after the run.
     #[arg(long = "service-metrics")]
@@ -111,14 +114,14 @@ struct LoadReport {
 /// One simulated client: its own connection.
 enum Caller {
     Rest { http: reqwest::Client, url: String },
-    Grpc(OrchestratorServiceClient<tonic::transport::Channel>),
+    Grpc(OrchestratorServiceClient<lextral_common::PeerChannel>),
 }
 
 impl Caller {
     async fn new(protocol: Protocol, args: &LoadArgs) -> anyhow::Result<Self> {
         Ok(match protocol {
             Protocol::Rest => Self::Rest {
-                http: reqwest::Client::builder().build()?,
+                http: rest_client(args.api_key.as_deref())?,
                 url: format!("{}/v1/classify", args.http.trim_end_matches('/')),
             },
             Protocol::Grpc => {
@@ -128,7 +131,10 @@ impl Caller {
                     .with_context(|| {
                         format!("cannot reach {}; start `lextral serve all`", args.server)
                     })?;
-                Self::Grpc(OrchestratorServiceClient::new(channel))
+                let key = crate::client::api_key(args.api_key.as_deref());
+                Self::Grpc(OrchestratorServiceClient::new(
+                    lextral_common::PeerChannel::new(channel, key.as_ref())?,
+                ))
             }
         })
     }
@@ -169,6 +175,20 @@ impl Caller {
         }
         Ok(())
     }
+}
+
+/// A REST client sending `authorization: Bearer KEY` when given a key.
+fn rest_client(api_key: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = crate::client::api_key(api_key) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+            .context("the API key holds characters a header cannot")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
