@@ -92,6 +92,19 @@ async fn services_report_health_and_reflection() {
     let http = reqwest::Client::new();
     let ready: Value = get_json(&http, &stack.rest("/readyz")).await;
     assert_eq!(ready["status"], "ready", "{ready}");
+    // Per strategy: kNN answers; no prompt-classifier runs here, so the
+    // prompt strategies name it.
+    assert_eq!(ready["strategies"]["knn"], "ready", "{ready}");
+    let zero_shot = ready["strategies"]["zero-shot"].as_str().unwrap();
+    assert!(
+        zero_shot.starts_with("unavailable: prompt-classifier"),
+        "{ready}"
+    );
+    wait_serving(
+        Stack::url(stack.orchestrator),
+        "lextral.v1.OrchestratorService.knn",
+    )
+    .await;
     let health = http.get(stack.rest("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let spec: Value = get_json(&http, &stack.rest("/openapi.json")).await;

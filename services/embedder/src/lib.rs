@@ -55,6 +55,18 @@ pub async fn add_to(
     health
         .set_serving::<EmbedderServiceServer<EmbedderGrpc>>()
         .await;
+    // Health follows the model thread: once it has stopped (a model that
+    // keeps panicking), the service is NOT_SERVING and leaves rotation.
+    let watched = queue.clone();
+    tokio::spawn(async move {
+        while watched.is_running() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        tracing::error!("embedder model thread stopped; reporting NOT_SERVING");
+        health
+            .set_not_serving::<EmbedderServiceServer<EmbedderGrpc>>()
+            .await;
+    });
     Ok(queue)
 }
 

@@ -598,8 +598,9 @@ pub fn lexical_tensors(
     Ok(serde_json::to_string(&vocabulary).expect("vocabulary serialises"))
 }
 
-/// Writes a complete model directory next to `out`, then renames it into
-/// place, so `out` is always either the old model or the new one. The
+/// Writes a complete model directory next to `out`, syncs it, then swaps
+/// it into place in one step, so `out` is always either the old model or
+/// the new one. The
 /// manifest's `files` and `content_hash` are filled in here.
 pub fn write_model_dir(
     out: &Path,
@@ -638,18 +639,13 @@ pub fn write_model_dir(
     // Verify before replacing anything.
     Classifier::load(dir)
         .map_err(|err| anyhow::anyhow!("the model just written does not load: {err}"))?;
+    // Durable before it is published; then one exchange, so a crash at any
+    // point leaves `out` holding the old model or the new one.
+    lextral_common::fs::sync_tree(dir)?;
     let staged = staging.keep();
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old)?;
-        if let Err(err) = std::fs::rename(&staged, out) {
-            // Put the previous model back.
-            let _ = std::fs::rename(&old, out);
-            return Err(err.into());
-        }
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&staged, out)?;
+    lextral_common::fs::replace_dir(&staged, out)?;
+    if staged.exists() {
+        let _ = std::fs::remove_dir_all(&staged);
     }
     Ok(manifest)
 }

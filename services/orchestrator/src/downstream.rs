@@ -98,6 +98,8 @@ pub struct Downstream {
     prompt: PromptClassifierServiceClient<PeerChannel>,
     embedder_channel: PeerChannel,
     retriever_channel: PeerChannel,
+    finetuned_channel: PeerChannel,
+    prompt_channel: PeerChannel,
 }
 
 impl Downstream {
@@ -108,17 +110,21 @@ impl Downstream {
         let channel = |url: &str| lazy_channel("downstream", url, timeout, access.peer_key());
         let embedder_channel = channel(&config.embedder_url)?;
         let retriever_channel = channel(&config.retriever_url)?;
+        let finetuned_channel = channel(&config.finetuned_url)?;
+        let prompt_channel = channel(&config.prompt_url)?;
         Ok(Self {
             embedder: EmbedderServiceClient::new(embedder_channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             retriever: RetrieverServiceClient::new(retriever_channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            finetuned: FinetunedClassifierServiceClient::new(channel(&config.finetuned_url)?)
+            finetuned: FinetunedClassifierServiceClient::new(finetuned_channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            prompt: PromptClassifierServiceClient::new(channel(&config.prompt_url)?)
+            prompt: PromptClassifierServiceClient::new(prompt_channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             embedder_channel,
             retriever_channel,
+            finetuned_channel,
+            prompt_channel,
         })
     }
 
@@ -368,7 +374,8 @@ impl Downstream {
         }
     }
 
-    /// Asks each dependency's gRPC health service whether it is SERVING.
+    /// Asks each dependency's gRPC health service whether it is SERVING
+    /// (embedder, retriever, finetuned-classifier, prompt-classifier).
     pub async fn readiness(&self) -> Vec<DependencyStatus> {
         let checks = [
             (
@@ -380,6 +387,16 @@ impl Downstream {
                 "retriever",
                 "lextral.v1.RetrieverService",
                 self.retriever_channel.channel(),
+            ),
+            (
+                "finetuned-classifier",
+                "lextral.v1.FinetunedClassifierService",
+                self.finetuned_channel.channel(),
+            ),
+            (
+                "prompt-classifier",
+                "lextral.v1.PromptClassifierService",
+                self.prompt_channel.channel(),
             ),
         ];
         let futures = checks

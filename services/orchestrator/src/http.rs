@@ -191,10 +191,13 @@ pub struct ErrorDetail {
 /// Readiness of the gateway's dependencies.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadyReply {
-    /// "ready" or "not_ready".
+    /// "ready" (the embedder and the retriever, which kNN needs, answer)
+    /// or "not_ready".
     pub status: String,
     /// Per dependency: SERVING or what went wrong.
     pub checks: BTreeMap<String, String>,
+    /// Per strategy: "ready", or "unavailable: " and the missing dependencies.
+    pub strategies: BTreeMap<String, String>,
 }
 
 /// An error answered as JSON with a status from the shared code table.
@@ -470,12 +473,25 @@ async fn healthz() -> Json<serde_json::Value> {
 )]
 async fn readyz(State(orchestrator): State<Arc<Orchestrator>>) -> (StatusCode, Json<ReadyReply>) {
     let statuses = orchestrator.readiness().await;
-    let ready = statuses.iter().all(|s| s.ready);
+    let strategies = crate::strategy::strategy_readiness(&statuses);
+    let ready = strategies
+        .iter()
+        .any(|(name, answer)| *name == "knn" && answer.is_ok());
     let reply = ReadyReply {
         status: if ready { "ready" } else { "not_ready" }.to_owned(),
         checks: statuses
             .into_iter()
             .map(|s| (s.name.to_owned(), s.detail))
+            .collect(),
+        strategies: strategies
+            .into_iter()
+            .map(|(name, answer)| {
+                let said = match answer {
+                    Ok(()) => "ready".to_owned(),
+                    Err(missing) => format!("unavailable: {missing}"),
+                };
+                (name.to_owned(), said)
+            })
             .collect(),
     };
     let status = if ready {

@@ -37,8 +37,11 @@ pub use orchestrator::Orchestrator;
 pub use plan::{ClassifyInput, ClassifyPlan, KnnInput, KnnParams, StrategyPlan, VoteKind, MAX_K};
 pub use vote::Vote;
 
-/// Adds the orchestrator's gRPC service to `routes`. It is stateless, so it
-/// is SERVING at once; `/readyz` reports its dependencies.
+/// Adds the orchestrator's gRPC service to `routes`. Its health follows its
+/// dependencies (checked every [`HEALTH_EVERY`]): the service is SERVING
+/// while kNN can answer, and each strategy has its own health entry
+/// (`lextral.v1.OrchestratorService.<strategy>`); `/readyz` says the same
+/// with the missing dependencies named.
 pub async fn add_to(
     config: &OrchestratorConfig,
     routes: &mut GrpcRoutes,
@@ -50,12 +53,47 @@ pub async fn add_to(
     routes.add_service(OrchestratorServiceServer::new(OrchestratorGrpc::new(
         orchestrator.clone(),
     )));
-    routes
-        .health()
-        .set_serving::<OrchestratorServiceServer<OrchestratorGrpc>>()
+    let health = routes.health();
+    health
+        .set_not_serving::<OrchestratorServiceServer<OrchestratorGrpc>>()
         .await;
+    let watched = Arc::downgrade(&orchestrator);
+    tokio::spawn(async move {
+        let mut said: std::collections::HashMap<String, bool> = Default::default();
+        while let Some(orchestrator) = watched.upgrade() {
+            let statuses = orchestrator.readiness().await;
+            drop(orchestrator);
+            for (strategy, answer) in strategy::strategy_readiness(&statuses) {
+                let ok = answer.is_ok();
+                let mut names = vec![format!("{ORCHESTRATOR}.{strategy}")];
+                if strategy == "knn" {
+                    names.push(ORCHESTRATOR.to_owned());
+                }
+                for name in names {
+                    if said.get(&name) != Some(&ok) {
+                        if let Err(missing) = &answer {
+                            tracing::warn!(%name, %missing, "not serving");
+                        }
+                        let status = if ok {
+                            tonic_health::ServingStatus::Serving
+                        } else {
+                            tonic_health::ServingStatus::NotServing
+                        };
+                        health.set_service_status(&name, status).await;
+                        said.insert(name, ok);
+                    }
+                }
+            }
+            tokio::time::sleep(HEALTH_EVERY).await;
+        }
+    });
     Ok(orchestrator)
 }
+
+/// How often the orchestrator's health re-checks its dependencies.
+pub const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+const ORCHESTRATOR: &str = lextral_proto::v1::orchestrator_service_server::SERVICE_NAME;
 
 /// Runs the orchestrator alone: gRPC on `grpc_listener`, REST on
 /// `http_listener`, both stopped by `shutdown`.

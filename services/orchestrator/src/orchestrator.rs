@@ -166,7 +166,7 @@ impl Orchestrator {
         self.downstream.info(defaults.to_string()).await
     }
 
-    /// Whether the embedder and the retriever report SERVING.
+    /// Whether each dependency reports SERVING.
     pub async fn readiness(&self) -> Vec<DependencyStatus> {
         self.downstream.readiness().await
     }

@@ -47,14 +47,14 @@ mod health {
                     Ok(()) => true,
                     Err(err) => {
                         if serving != Some(false) {
-                            tracing::warn!(error = %err, "database not ready");
+                            tracing::warn!(error = %err, "store not ready");
                         }
                         false
                     }
                 };
                 if serving != Some(ok) {
                     if ok {
-                        tracing::info!("database ready");
+                        tracing::info!("store ready");
                         health
                             .set_serving::<RetrieverServiceServer<RetrieverGrpc>>()
                             .await;

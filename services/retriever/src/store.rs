@@ -123,6 +123,12 @@ impl Store {
     pub async fn ensure_ready(&self) -> Result<(), StoreError> {
         match self {
             Self::Postgres(store) => store.ensure_ready().await,
+            // Searches would still work, but a store that cannot write is
+            // not one to route traffic to: health says so.
+            Self::Embedded(store) if !store.writable() => Err(StoreError::Storage(format!(
+                "{} takes no more writes after a failed write or sync; restart the retriever",
+                store.path().display()
+            ))),
             Self::Embedded(_) => Ok(()),
         }
     }

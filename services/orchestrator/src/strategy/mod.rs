@@ -1,8 +1,9 @@
 //! The strategies, one module each, each turning a plan into answers.
 //!
 //! A new strategy is a variant of `plan::StrategyPlan` (with its checks in
-//! `ClassifyPlan::new`), a module here, an arm in [`run`], and its name in
-//! `lextral_proto::names` (see CONTRIBUTING.md).
+//! `ClassifyPlan::new`), a module here, an arm in [`run`] and a line in
+//! [`STRATEGY_NEEDS`], and its name in `lextral_proto::names` (see
+//! CONTRIBUTING.md).
 
 mod cascade;
 mod finetuned;
@@ -11,10 +12,48 @@ mod prompt;
 
 use std::time::Instant;
 
-use crate::domain::{Classified, StageLatency};
+use crate::domain::{Classified, DependencyStatus, StageLatency};
 use crate::error::OrchestratorError;
 use crate::orchestrator::Orchestrator;
 use crate::plan::{ClassifyPlan, StrategyPlan};
+
+/// The dependencies each strategy needs to answer.
+pub const STRATEGY_NEEDS: &[(&str, &[&str])] = &[
+    ("knn", &["embedder", "retriever"]),
+    ("finetuned", &["finetuned-classifier"]),
+    (
+        "cascade",
+        &["finetuned-classifier", "embedder", "retriever"],
+    ),
+    ("rag", &["embedder", "retriever", "prompt-classifier"]),
+    ("zero-shot", &["prompt-classifier"]),
+];
+
+/// Which strategies can answer now: per strategy `Ok(())` or the missing
+/// dependencies, named with what they said.
+pub fn strategy_readiness(
+    statuses: &[DependencyStatus],
+) -> Vec<(&'static str, Result<(), String>)> {
+    STRATEGY_NEEDS
+        .iter()
+        .map(|(strategy, needs)| {
+            let missing: Vec<String> = needs
+                .iter()
+                .filter_map(|need| match statuses.iter().find(|s| s.name == *need) {
+                    Some(status) if status.ready => None,
+                    Some(status) => Some(format!("{need}: {}", status.detail)),
+                    None => Some(format!("{need}: not checked")),
+                })
+                .collect();
+            let answer = if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(missing.join("; "))
+            };
+            (*strategy, answer)
+        })
+        .collect()
+}
 
 /// Runs `plan`'s strategy; the answer carries the total latency last.
 pub(crate) async fn run(

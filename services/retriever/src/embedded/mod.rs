@@ -8,7 +8,8 @@
 //! this gives are measured by `lextral bench retriever --store embedded`
 //! (the docs' performance chapter). Durability comes from one append-only
 //! file, `clauses.log`: a header, then one frame per write
-//! (`[length u32][crc32 u32][payload]`, little-endian), fsynced before the
+//! (`[length u32][crc32 of the length][crc32 of length and payload][payload]`,
+//! little-endian; see `log`), fsynced before the
 //! write is applied in memory or acknowledged. A crash mid-write leaves a torn
 //! last frame, which the next start drops, so each upsert or delete is
 //! all-or-nothing. A bad checksum anywhere else is corruption and stops the
@@ -105,7 +106,13 @@ struct Inner {
     state: RwLock<State>,
     /// The log, appended to under this lock (held with the state's write
     /// lock, so log order is apply order).
-    log: Mutex<File>,
+    log: Mutex<LogFile>,
+}
+
+/// The open log and, once a write or sync failed, why it takes no more.
+struct LogFile {
+    file: File,
+    broken: Option<String>,
 }
 
 /// The embedded store (see the module docs).
@@ -148,15 +155,20 @@ impl EmbeddedStore {
             )
         })?;
         let len = file.metadata().map_err(|err| storage(&path, err))?.len();
-        let (state, good_len) = if len == 0 {
+        let (state, replayed) = if len == 0 {
             file.write_all(&log::header(dimension))
                 .and_then(|()| file.sync_all())
                 .map_err(|err| storage(&path, err))?;
             sync_dir(dir)?;
-            (State::default(), log::HEADER_LEN)
+            let fresh = log::Replayed {
+                good_len: log::HEADER_LEN,
+                format: log::FORMAT,
+            };
+            (State::default(), fresh)
         } else {
             log::replay(&path, &file, len, dimension)?
         };
+        let good_len = replayed.good_len;
         if good_len < len {
             tracing::warn!(
                 path = %path.display(),
@@ -173,10 +185,22 @@ impl EmbeddedStore {
                 tuning,
                 path,
                 state: RwLock::new(state),
-                log: Mutex::new(file),
+                log: Mutex::new(LogFile { file, broken: None }),
             }),
         };
-        store.compact_if_worth_it()?;
+        let current = log::FORMAT;
+        if replayed.format != current {
+            // Appending format-2 frames to a format-1 file would mix two
+            // framings; rewrite it whole first.
+            tracing::info!(
+                from = replayed.format,
+                to = current,
+                "upgrading the store log format"
+            );
+            store.compact(true)?;
+        } else {
+            store.compact(false)?;
+        }
         let state = store.read();
         tracing::info!(
             path = %store.inner.path.display(),
@@ -214,7 +238,10 @@ impl EmbeddedStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends one frame and fsyncs it.
+    /// Appends one frame and fsyncs it. After a failed write or sync the
+    /// writer stops: the kernel may have dropped the dirty pages, so later
+    /// writes could not be trusted to be durable either (fsyncgate). Reads
+    /// go on; a restart replays what reached the disk.
     fn append(&self, payload: &[u8]) -> Result<(), StoreError> {
         let frame = log::frame(payload);
         let mut log = self
@@ -222,15 +249,34 @@ impl EmbeddedStore {
             .log
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let start = log
+        if let Some(reason) = &log.broken {
+            return Err(storage(
+                &self.inner.path,
+                format!("stopped taking writes after an earlier failure ({reason}); restart the retriever"),
+            ));
+        }
+        let file = &mut log.file;
+        let start = file
             .seek(SeekFrom::End(0))
             .map_err(|err| storage(&self.inner.path, err))?;
-        if let Err(err) = log.write_all(&frame).and_then(|()| log.sync_data()) {
-            // Leave no half frame behind for the next write to follow.
-            let _ = log.set_len(start);
+        if let Err(err) = file.write_all(&frame).and_then(|()| file.sync_data()) {
+            // Leave no half frame behind for a replay to misread.
+            let _ = file.set_len(start).and_then(|()| file.sync_data());
+            tracing::error!(path = %self.inner.path.display(), error = %err, "store log write failed; no more writes until restart");
+            log.broken = Some(err.to_string());
             return Err(storage(&self.inner.path, err));
         }
         Ok(())
+    }
+
+    /// Whether the log still takes writes (false after a failed fsync).
+    pub fn writable(&self) -> bool {
+        self.inner
+            .log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .broken
+            .is_none()
     }
 
     /// Stores `records` atomically (one log frame).
@@ -396,11 +442,12 @@ impl EmbeddedStore {
         }
     }
 
-    /// Rewrites the log with live records only when most of it is dead
-    /// weight: written to a new file, synced, then renamed over the old one.
-    fn compact_if_worth_it(&self) -> Result<(), StoreError> {
+    /// Rewrites the log with live records only, when most of it is dead
+    /// weight or `always`: written to a new file, synced, then renamed over
+    /// the old one.
+    fn compact(&self, always: bool) -> Result<(), StoreError> {
         let mut state = self.write();
-        if state.superseded < 1000 || state.superseded < state.clauses.len() {
+        if !always && (state.superseded < 1000 || state.superseded < state.clauses.len()) {
             return Ok(());
         }
         let dim = self.inner.dimension;
@@ -439,7 +486,7 @@ impl EmbeddedStore {
             .inner
             .log
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = file;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = LogFile { file, broken: None };
         Ok(())
     }
 }
@@ -547,6 +594,52 @@ mod tests {
         // New ids continue after the highest ever given.
         let more = store.upsert(vec![record(9, "A")]).await.unwrap();
         assert_eq!(more.ids[0], first.ids[4] + 1);
+    }
+
+    #[tokio::test]
+    async fn a_format_one_log_is_rewritten_as_format_two_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        store
+            .upsert((0..3).map(|i| record(i, "A")).collect())
+            .await
+            .unwrap();
+        drop(store);
+        // Re-frame the log as format 1 wrote it: [length][crc32 of payload].
+        let log = dir.path().join("clauses.log");
+        let bytes = std::fs::read(&log).unwrap();
+        let mut old = bytes[..HEADER_LEN as usize].to_vec();
+        old[15] = 1;
+        let mut at = HEADER_LEN as usize;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let payload = &bytes[at + 12..at + 12 + len];
+            old.extend_from_slice(&(len as u32).to_le_bytes());
+            old.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            old.extend_from_slice(payload);
+            at += 12 + len;
+        }
+        std::fs::write(&log, &old).unwrap();
+
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        assert_eq!(store.stats().total, 3);
+        assert_eq!(std::fs::read(&log).unwrap()[15], log::FORMAT);
+        store.upsert(vec![record(5, "B")]).await.unwrap();
+        drop(store);
+        assert_eq!(EmbeddedStore::open(dir.path(), 8).unwrap().stats().total, 4);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_the_store_takes_no_more_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 8).unwrap();
+        store.upsert(vec![record(1, "A")]).await.unwrap();
+        store.inner.log.lock().unwrap().broken = Some("EIO".into());
+        assert!(!store.writable());
+        let err = store.upsert(vec![record(2, "A")]).await.unwrap_err();
+        assert!(err.to_string().contains("restart the retriever"), "{err}");
+        // Reads go on.
+        assert_eq!(store.stats().total, 1);
     }
 
     #[tokio::test]
