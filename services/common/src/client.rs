@@ -9,8 +9,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::secrets::ApiKey;
 
-/// Largest gRPC message a Lextral client accepts: answers carrying a batch
-/// of embeddings or neighbours' texts outgrow tonic's 4 MiB default.
+/// Largest gRPC message a Lextral client or internal server accepts: answers
+/// and upserts carrying a batch of embeddings outgrow tonic's 4 MiB default.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How long a first connection may take before a call fails UNAVAILABLE.

@@ -51,7 +51,11 @@ pub async fn add_to(
         .await;
     let queue = load_queue(config).await?;
     let service = EmbedderGrpc::new(queue.clone(), config.limits());
-    routes.add_service(EmbedderServiceServer::new(service));
+    routes.add_service(
+        EmbedderServiceServer::new(service)
+            .max_decoding_message_size(lextral_common::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(lextral_common::MAX_MESSAGE_BYTES),
+    );
     health
         .set_serving::<EmbedderServiceServer<EmbedderGrpc>>()
         .await;

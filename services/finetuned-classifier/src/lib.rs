@@ -62,10 +62,11 @@ pub async fn add_to(
         tracing::warn!("no --finetuned-model / LEXTRAL_FINETUNED_MODEL: the finetuned and cascade strategies are unavailable");
     }
     watch_sighup(service.clone(), health.clone());
-    routes.add_service(FinetunedClassifierServiceServer::new(FinetunedGrpc::new(
-        service.clone(),
-        health,
-    )));
+    routes.add_service(
+        FinetunedClassifierServiceServer::new(FinetunedGrpc::new(service.clone(), health))
+            .max_decoding_message_size(lextral_common::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(lextral_common::MAX_MESSAGE_BYTES),
+    );
     Ok(service)
 }
 

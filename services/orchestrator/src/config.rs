@@ -160,6 +160,17 @@ pub struct OrchestratorConfig {
     #[arg(id = "http-body-limit", long = "http-body-limit", env = "LEXTRAL_HTTP_BODY_LIMIT", default_value_t = DEFAULT_HTTP_BODY_LIMIT)]
     pub http_body_limit: usize,
 
+    /// Browser origins allowed to call the REST API (CORS), comma-separated,
+    /// e.g. `https://app.example.com`; `*` allows any. Default: none (only
+    /// same-origin pages such as the built-in one).
+    #[arg(
+        id = "cors-allow-origin",
+        long = "cors-allow-origin",
+        env = "LEXTRAL_CORS_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_allow_origin: Vec<String>,
+
     /// Deadline in seconds for a whole request, downstream calls included.
     #[arg(
         id = "request-timeout-s",
@@ -190,6 +201,7 @@ impl OrchestratorConfig {
             max_texts: DEFAULT_MAX_TEXTS,
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
             http_body_limit: DEFAULT_HTTP_BODY_LIMIT,
+            cors_allow_origin: Vec::new(),
             request_timeout_s: DEFAULT_REQUEST_TIMEOUT_S,
         }
     }

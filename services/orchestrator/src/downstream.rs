@@ -4,7 +4,8 @@
 //! `grpc.rs` that speaks protobuf.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use lextral_common::{lazy_channel, MAX_MESSAGE_BYTES};
 use lextral_common::{Access, PeerChannel};
@@ -90,6 +91,73 @@ pub struct PromptAnswer {
     pub truncated: bool,
 }
 
+tokio::task_local! {
+    /// When the request being served must be answered by: every downstream
+    /// call gets the time left as its `grpc-timeout`.
+    static DEADLINE: Instant;
+}
+
+/// Runs `work` with downstream calls bounded by `deadline` (or by one set
+/// further out, e.g. from the caller's `grpc-timeout`, if that is sooner).
+pub async fn within<F: Future>(deadline: Instant, work: F) -> F::Output {
+    let deadline = DEADLINE
+        .try_with(|outer| (*outer).min(deadline))
+        .unwrap_or(deadline);
+    DEADLINE.scope(deadline, work).await
+}
+
+/// The caller's deadline from a `grpc-timeout` header value (`100m`, `5S`).
+pub fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
+}
+
+/// A request carrying the time left before the current deadline.
+fn call<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(deadline) = DEADLINE.try_with(|d| *d) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        request.set_timeout(left.max(Duration::from_millis(1)));
+    }
+    request
+}
+
+/// Runs an idempotent call, and once more after a short random pause when
+/// the peer was UNAVAILABLE (a replica going away, a connection reset) and
+/// there is time left for it.
+async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    match attempt().await {
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            let pause = Duration::from_millis(rand::random::<u64>() % 60 + 20);
+            let room = DEADLINE
+                .try_with(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::MAX);
+            if room <= pause * 2 {
+                return Err(status);
+            }
+            metrics::counter!("lextral_downstream_retries_total").increment(1);
+            tokio::time::sleep(pause).await;
+            attempt().await
+        }
+        other => other,
+    }
+}
+
 /// Clients for the four services.
 pub struct Downstream {
     embedder: EmbedderServiceClient<PeerChannel>,
@@ -131,17 +199,18 @@ impl Downstream {
     /// Unit vectors of `texts`.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedded>, OrchestratorError> {
         let count = texts.len();
-        let embeddings = self
-            .embedder
-            .clone()
-            .embed(EmbedRequest {
-                texts,
+        let embeddings = retried(|| {
+            let mut client = self.embedder.clone();
+            let request = call(EmbedRequest {
+                texts: texts.clone(),
                 normalize: Some(true),
-            })
-            .await
-            .map_err(OrchestratorError::downstream("embedder"))?
-            .into_inner()
-            .embeddings;
+            });
+            async move { client.embed(request).await }
+        })
+        .await
+        .map_err(OrchestratorError::downstream("embedder"))?
+        .into_inner()
+        .embeddings;
         Ok(
             one_per_input("embedder", embeddings, count, "vectors", "texts")?
                 .into_iter()
@@ -162,24 +231,26 @@ impl Downstream {
         params: &KnnParams,
     ) -> Result<Vec<Vec<Neighbour>>, OrchestratorError> {
         let count = queries.len();
-        let results = self
-            .retriever
-            .clone()
-            .search(SearchRequest {
-                queries: queries
-                    .into_iter()
-                    .map(|values| QueryVector { values })
-                    .collect(),
-                k,
-                min_similarity: Some(params.min_similarity),
-                splits: params.splits.clone(),
-                labels: Vec::new(),
-                ef_search: params.ef_search,
-            })
-            .await
-            .map_err(OrchestratorError::downstream("retriever"))?
-            .into_inner()
-            .results;
+        let request = SearchRequest {
+            queries: queries
+                .into_iter()
+                .map(|values| QueryVector { values })
+                .collect(),
+            k,
+            min_similarity: Some(params.min_similarity),
+            splits: params.splits.clone(),
+            labels: Vec::new(),
+            ef_search: params.ef_search,
+        };
+        let results = retried(|| {
+            let mut client = self.retriever.clone();
+            let request = call(request.clone());
+            async move { client.search(request).await }
+        })
+        .await
+        .map_err(OrchestratorError::downstream("retriever"))?
+        .into_inner()
+        .results;
         Ok(
             one_per_input("retriever", results, count, "results", "queries")?
                 .into_iter()
@@ -195,14 +266,16 @@ impl Downstream {
         top_k: Option<u32>,
     ) -> Result<Vec<FinetunedAnswer>, OrchestratorError> {
         let count = texts.len();
-        let results = self
-            .finetuned
-            .clone()
-            .classify(FinetunedClassifierServiceClassifyRequest { texts, top_k })
-            .await
-            .map_err(OrchestratorError::downstream("finetuned-classifier"))?
-            .into_inner()
-            .results;
+        let request = FinetunedClassifierServiceClassifyRequest { texts, top_k };
+        let results = retried(|| {
+            let mut client = self.finetuned.clone();
+            let request = call(request.clone());
+            async move { client.classify(request).await }
+        })
+        .await
+        .map_err(OrchestratorError::downstream("finetuned-classifier"))?
+        .into_inner()
+        .results;
         Ok(
             one_per_input("finetuned-classifier", results, count, "results", "texts")?
                 .into_iter()
@@ -247,13 +320,13 @@ impl Downstream {
         let results = self
             .prompt
             .clone()
-            .classify(PromptClassifierServiceClassifyRequest {
+            .classify(call(PromptClassifierServiceClassifyRequest {
                 texts,
                 labels,
                 mode: mode as i32,
                 examples,
                 max_output_tokens,
-            })
+            }))
             .await
             .map_err(OrchestratorError::downstream("prompt-classifier"))?
             .into_inner()
@@ -276,13 +349,13 @@ impl Downstream {
 
     /// The labels in the index with their counts.
     pub async fn labels(&self) -> Result<LabelSet, OrchestratorError> {
-        let stats = self
-            .retriever
-            .clone()
-            .stats(StatsRequest {})
-            .await
-            .map_err(OrchestratorError::downstream("retriever"))?
-            .into_inner();
+        let stats = retried(|| {
+            let mut client = self.retriever.clone();
+            async move { client.stats(call(StatsRequest {})).await }
+        })
+        .await
+        .map_err(OrchestratorError::downstream("retriever"))?
+        .into_inner();
         let mut labels: Vec<String> = stats.labels.iter().map(|c| c.label.clone()).collect();
         labels.sort();
         labels.dedup();
@@ -315,13 +388,16 @@ impl Downstream {
                 },
             )
             .collect();
-        let outcome = self
-            .retriever
-            .clone()
-            .upsert(UpsertRequest { records })
-            .await
-            .map_err(OrchestratorError::downstream("retriever"))?
-            .into_inner();
+        // Idempotent by content hash, so a retry cannot store twice.
+        let request = UpsertRequest { records };
+        let outcome = retried(|| {
+            let mut client = self.retriever.clone();
+            let request = call(request.clone());
+            async move { client.upsert(request).await }
+        })
+        .await
+        .map_err(OrchestratorError::downstream("retriever"))?
+        .into_inner();
         Ok((outcome.inserted, outcome.updated, outcome.unchanged))
     }
 
@@ -424,5 +500,57 @@ impl Downstream {
                 }
             });
         futures::future::join_all(futures).await
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert!(caller_deadline(&metadata).is_none());
+        metadata.insert("grpc-timeout", "1500m".parse().unwrap());
+        let left = caller_deadline(&metadata).unwrap() - Instant::now();
+        assert!(left <= Duration::from_millis(1500) && left > Duration::from_millis(1000));
+        metadata.insert("grpc-timeout", "2x".parse().unwrap());
+        assert!(caller_deadline(&metadata).is_none());
+    }
+
+    #[tokio::test]
+    async fn calls_carry_the_time_left_and_the_sooner_deadline_wins() {
+        let soon = Instant::now() + Duration::from_millis(300);
+        let later = Instant::now() + Duration::from_secs(60);
+        let timeout = within(soon, within(later, async { call(()) }))
+            .await
+            .metadata()
+            .get("grpc-timeout")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let micros: u64 = timeout.trim_end_matches(['u', 'm', 'n']).parse().unwrap();
+        assert!(timeout.ends_with('u') && micros <= 300_000, "{timeout}");
+        assert!(call(()).metadata().get("grpc-timeout").is_none());
+    }
+
+    #[tokio::test]
+    async fn unavailable_is_retried_once_and_other_errors_not() {
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let result: Result<(), tonic::Status> = retried(|| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(tonic::Status::unavailable("gone")) }
+        })
+        .await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+        attempts.store(0, std::sync::atomic::Ordering::SeqCst);
+        let _ = retried(|| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), _>(tonic::Status::invalid_argument("no")) }
+        })
+        .await;
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -17,6 +17,7 @@ use crate::domain::{
     Classification, Classified, IngestOutcome, LabelScore, LabelSet, LabelledClause, LlmUsage,
     Neighbour, StageLatency,
 };
+use crate::downstream::caller_deadline;
 use crate::error::OrchestratorError;
 use crate::orchestrator::Orchestrator;
 use crate::plan::{ClassifyInput, KnnInput, VoteKind};
@@ -281,11 +282,10 @@ impl OrchestratorService for OrchestratorGrpc {
         &self,
         request: Request<ClassifyRequest>,
     ) -> Result<Response<ClassifyResponse>, Status> {
+        let deadline = caller_deadline(request.metadata());
         let input = ClassifyInput::try_from(request.into_inner()).map_err(into_status)?;
         let plan = self.orchestrator.plan(input).map_err(into_status)?;
-        let classified = self
-            .orchestrator
-            .classify(plan)
+        let classified = by_caller_deadline(deadline, self.orchestrator.classify(plan))
             .await
             .map_err(into_status)?;
         Ok(Response::new(classified.into()))
@@ -304,12 +304,15 @@ impl OrchestratorService for OrchestratorGrpc {
         &self,
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
+        let deadline = caller_deadline(request.metadata());
         let IngestRequest { items } = request.into_inner();
         let items = items
             .into_iter()
             .map(|LabeledText { text, label, split }| LabelledClause { text, label, split })
             .collect();
-        let outcome = self.orchestrator.ingest(items).await.map_err(into_status)?;
+        let outcome = by_caller_deadline(deadline, self.orchestrator.ingest(items))
+            .await
+            .map_err(into_status)?;
         Ok(Response::new(outcome.into()))
     }
 
@@ -318,6 +321,17 @@ impl OrchestratorService for OrchestratorGrpc {
         _request: Request<OrchestratorServiceInfoRequest>,
     ) -> Result<Response<OrchestratorServiceInfoResponse>, Status> {
         Ok(Response::new(self.orchestrator.info().await))
+    }
+}
+
+/// Runs `work` within the caller's `grpc-timeout`, when it sent one.
+async fn by_caller_deadline<F: std::future::Future>(
+    deadline: Option<std::time::Instant>,
+    work: F,
+) -> F::Output {
+    match deadline {
+        Some(deadline) => crate::downstream::within(deadline, work).await,
+        None => work.await,
     }
 }
 

@@ -22,6 +22,7 @@ use lextral_proto::v1::ClassifyResponse;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 
@@ -563,11 +564,44 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
+/// The CORS policy from `--cors-allow-origin`: none by default.
+fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        let parsed = origins
+            .iter()
+            .map(|o| {
+                http::HeaderValue::from_str(o)
+                    .map_err(|_| anyhow::anyhow!("--cors-allow-origin {o:?} is not a valid origin"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(parsed)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([http::Method::GET, http::Method::POST])
+            .allow_headers([http::header::AUTHORIZATION, http::header::CONTENT_TYPE])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
+}
+
 /// The gateway's router.
 pub fn app(orchestrator: Arc<Orchestrator>) -> Router {
     let body_limit = orchestrator.config().http_body_limit;
+    // Checked when the orchestrator was built (Orchestrator::with_access).
+    let cors = cors(&orchestrator.config().cors_allow_origin).unwrap_or_default();
     let spec = openapi();
-    Router::new()
+    let router = Router::new()
         .route(
             "/",
             get(|| async { Html(include_str!("../web/index.html")) }),
@@ -592,7 +626,17 @@ pub fn app(orchestrator: Arc<Orchestrator>) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http())
-        .with_state(orchestrator)
+        .with_state(orchestrator);
+    // Outermost, so preflights are answered before the key check.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Checks `--cors-allow-origin` at start-up.
+pub fn check_cors(origins: &[String]) -> anyhow::Result<()> {
+    cors(origins).map(|_| ())
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
@@ -610,4 +654,66 @@ pub async fn serve(
     axum::serve(listener, app(orchestrator))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::OrchestratorConfig;
+
+    fn gateway(origins: &[&str]) -> Router {
+        let mut config = OrchestratorConfig::with_urls("http://127.0.0.1:1", "http://127.0.0.1:1");
+        config.cors_allow_origin = origins.iter().map(|o| (*o).to_owned()).collect();
+        app(Arc::new(Orchestrator::new(config).unwrap()))
+    }
+
+    fn preflight(origin: &str) -> axum::http::Request<axum::body::Body> {
+        axum::http::Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/classify")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn cors_allows_only_the_configured_origins() {
+        let open = gateway(&["https://app.example.com"]);
+        let answer = open
+            .clone()
+            .oneshot(preflight("https://app.example.com"))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.headers()["access-control-allow-origin"],
+            "https://app.example.com"
+        );
+        let other = open
+            .oneshot(preflight("https://evil.example"))
+            .await
+            .unwrap();
+        assert!(other.headers().get("access-control-allow-origin").is_none());
+        let closed = gateway(&[])
+            .oneshot(preflight("https://app.example.com"))
+            .await
+            .unwrap();
+        assert!(closed
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none());
+        assert!(Orchestrator::new({
+            let mut config =
+                OrchestratorConfig::with_urls("http://127.0.0.1:1", "http://127.0.0.1:1");
+            config.cors_allow_origin = vec!["bad\norigin".into()];
+            config
+        })
+        .is_err());
+    }
 }

@@ -50,9 +50,12 @@ pub async fn add_to(
         config.clone(),
         routes.access().clone(),
     )?);
-    routes.add_service(OrchestratorServiceServer::new(OrchestratorGrpc::new(
-        orchestrator.clone(),
-    )));
+    // The same request size over gRPC as over REST; answers may be larger.
+    routes.add_service(
+        OrchestratorServiceServer::new(OrchestratorGrpc::new(orchestrator.clone()))
+            .max_decoding_message_size(config.http_body_limit)
+            .max_encoding_message_size(lextral_common::MAX_MESSAGE_BYTES),
+    );
     let health = routes.health();
     health
         .set_not_serving::<OrchestratorServiceServer<OrchestratorGrpc>>()

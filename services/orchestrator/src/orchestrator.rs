@@ -9,7 +9,7 @@ use lextral_proto::names::strategy_name;
 
 use crate::config::OrchestratorConfig;
 use crate::domain::{Classified, DependencyStatus, IngestOutcome, LabelSet, LabelledClause};
-use crate::downstream::Downstream;
+use crate::downstream::{within, Downstream};
 use crate::error::OrchestratorError;
 use crate::plan::{default_vote, text_limits, ClassifyInput, ClassifyPlan, VoteKind};
 use crate::strategy;
@@ -40,6 +40,7 @@ impl Orchestrator {
     /// its peer key downstream.
     pub fn with_access(config: OrchestratorConfig, access: Access) -> anyhow::Result<Self> {
         let default_vote = default_vote(&config).map_err(anyhow::Error::msg)?;
+        crate::http::check_cors(&config.cors_allow_origin)?;
         Ok(Self {
             downstream: Downstream::new(&config, &access)?,
             fixed_labels: config
@@ -72,7 +73,7 @@ impl Orchestrator {
     /// Classifies a batch of clauses.
     pub async fn classify(&self, plan: ClassifyPlan) -> Result<Classified, OrchestratorError> {
         let started = Instant::now();
-        let classified = strategy::run(self, plan).await?;
+        let classified = within(self.deadline(), strategy::run(self, plan)).await?;
         let name = strategy_name(classified.strategy);
         metrics::counter!("lextral_classified_total", "strategy" => name)
             .increment(classified.results.len() as u64);
@@ -104,11 +105,23 @@ impl Orchestrator {
 
     /// The labels in the index with their counts.
     pub async fn labels(&self) -> Result<LabelSet, OrchestratorError> {
-        self.downstream.labels().await
+        within(self.deadline(), self.downstream.labels()).await
+    }
+
+    /// When a request starting now must be answered by.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.config.request_timeout()
     }
 
     /// Embeds and stores labelled clauses.
     pub async fn ingest(
+        &self,
+        items: Vec<LabelledClause>,
+    ) -> Result<IngestOutcome, OrchestratorError> {
+        within(self.deadline(), self.ingest_now(items)).await
+    }
+
+    async fn ingest_now(
         &self,
         items: Vec<LabelledClause>,
     ) -> Result<IngestOutcome, OrchestratorError> {

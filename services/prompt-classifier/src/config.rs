@@ -8,6 +8,8 @@ const DEFAULT_TIMEOUT_S: u64 = 120;
 const DEFAULT_MAX_RETRIES: u32 = 4;
 const DEFAULT_CONCURRENCY: usize = 4;
 const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 24;
+/// Label names are a few tokens; more than this is someone spending the budget.
+const DEFAULT_MAX_OUTPUT_TOKENS_LIMIT: u32 = 256;
 const DEFAULT_CLAUSE_TOKENS: usize = 384;
 const DEFAULT_EXAMPLE_TOKENS: usize = 96;
 const DEFAULT_MAX_TEXTS: usize = 256;
@@ -59,6 +61,11 @@ pub struct PromptConfig {
     /// Default cap on generated tokens.
     #[arg(long = "llm-max-output-tokens", env = "LEXTRAL_LLM_MAX_OUTPUT_TOKENS", default_value_t = DEFAULT_MAX_OUTPUT_TOKENS)]
     pub max_output_tokens: u32,
+
+    /// The most generated tokens a request may ask for (`max_output_tokens`
+    /// above it is refused), so no caller can spend a paid budget at will.
+    #[arg(long = "llm-max-output-tokens-limit", env = "LEXTRAL_LLM_MAX_OUTPUT_TOKENS_LIMIT", default_value_t = DEFAULT_MAX_OUTPUT_TOKENS_LIMIT)]
+    pub max_output_tokens_limit: u32,
 
     /// Local backend: decode only label names (every answer is a label,
     /// with a probability). `false` generates free text for the parser.
@@ -136,6 +143,7 @@ impl Default for PromptConfig {
             max_retries: DEFAULT_MAX_RETRIES,
             concurrency: DEFAULT_CONCURRENCY,
             max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+            max_output_tokens_limit: DEFAULT_MAX_OUTPUT_TOKENS_LIMIT,
             constrained: true,
             prices: None,
             clause_tokens: DEFAULT_CLAUSE_TOKENS,

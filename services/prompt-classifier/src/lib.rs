@@ -93,9 +93,11 @@ pub async fn add_to(
             }
         }
     }
-    routes.add_service(PromptClassifierServiceServer::new(PromptGrpc::new(
-        service.clone(),
-    )));
+    routes.add_service(
+        PromptClassifierServiceServer::new(PromptGrpc::new(service.clone()))
+            .max_decoding_message_size(lextral_common::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(lextral_common::MAX_MESSAGE_BYTES),
+    );
     Ok(service)
 }
 

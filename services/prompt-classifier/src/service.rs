@@ -221,6 +221,13 @@ impl PromptService {
         if input.max_output_tokens == Some(0) {
             return bad("max_output_tokens must be at least 1".into());
         }
+        let limit = self.config.max_output_tokens_limit;
+        if input.max_output_tokens.is_some_and(|tokens| tokens > limit) {
+            return bad(format!(
+                "max_output_tokens must be at most {limit} (--llm-max-output-tokens-limit), got {}",
+                input.max_output_tokens.unwrap_or_default()
+            ));
+        }
         match input.mode {
             PromptMode::FewShot => {
                 if input.examples.len() != input.texts.len() {
@@ -484,6 +491,11 @@ mod tests {
         let mut zero = input(&["x"], &["A"]);
         zero.max_output_tokens = Some(0);
         assert!(error(&service, zero).await.contains("max_output_tokens"));
+        let mut greedy = input(&["x"], &["A"]);
+        greedy.max_output_tokens = Some(100_000);
+        assert!(error(&service, greedy)
+            .await
+            .contains("at most 256 (--llm-max-output-tokens-limit)"));
         // Valid input without a loaded backend is "not ready", not a crash.
         match service.classify(input(&["x"], &["A"])).await {
             Err(PromptError::NotReady(_)) => {}

@@ -95,9 +95,11 @@ pub async fn add_to(
         health,
         Duration::from_secs(config.health_interval_s.max(1)),
     );
-    routes.add_service(RetrieverServiceServer::new(RetrieverGrpc::new(
-        store.clone(),
-    )));
+    routes.add_service(
+        RetrieverServiceServer::new(RetrieverGrpc::new(store.clone()))
+            .max_decoding_message_size(lextral_common::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(lextral_common::MAX_MESSAGE_BYTES),
+    );
     Ok(store)
 }
 

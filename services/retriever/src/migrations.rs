@@ -44,6 +44,8 @@ pub(crate) fn hnsw_index_sql(config: &RetrieverConfig) -> String {
 /// Applies the migrations not yet recorded, in one transaction.
 pub async fn migrate(client: &mut Client, config: &RetrieverConfig) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
+    // Building an index over a large table outlasts the per-query limit.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await?;
     tx.batch_execute(

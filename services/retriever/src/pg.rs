@@ -41,6 +41,19 @@ impl PgStore {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("lextral-retriever");
         }
+        // A query the server cannot finish in the call's time is cancelled
+        // by PostgreSQL itself instead of holding a connection after the
+        // caller has gone (migrations lift it for their transaction).
+        let limit = format!(
+            "-c statement_timeout={}",
+            config.timeout_s.max(1).saturating_mul(1000)
+        );
+        let options = match pg_config.get_options() {
+            Some(existing) if existing.contains("statement_timeout") => existing.to_owned(),
+            Some(existing) => format!("{existing} {limit}"),
+            None => limit,
+        };
+        pg_config.options(&options);
         let manager = Manager::from_config(
             pg_config,
             NoTls,

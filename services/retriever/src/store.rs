@@ -92,6 +92,28 @@ pub enum Store {
     Embedded(EmbeddedStore),
 }
 
+/// Records one upsert may carry (the orchestrator sends batches of 64).
+pub const MAX_RECORDS: usize = 10_000;
+/// Query vectors one search may carry.
+pub const MAX_QUERIES: usize = 1_024;
+/// Ids one delete may name.
+pub const MAX_IDS: usize = 100_000;
+/// Split or label filters one call may give.
+pub const MAX_FILTERS: usize = 1_024;
+/// Bytes of one stored clause text.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+/// Bytes of a label or split name.
+pub const MAX_NAME_BYTES: usize = 256;
+
+fn at_most(what: &str, count: usize, most: usize) -> Result<(), StoreError> {
+    if count > most {
+        return Err(StoreError::InvalidArgument(format!(
+            "{what}: {count} is over the limit of {most}"
+        )));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the store `config` selects. PostgreSQL is connected lazily; the
     /// embedded store is read from disk now.
@@ -140,7 +162,19 @@ impl Store {
                 "records must not be empty".into(),
             ));
         }
+        at_most("records per upsert", records.len(), MAX_RECORDS)?;
         for (index, record) in records.iter().enumerate() {
+            for (field, value, most) in [
+                ("text", &record.text, MAX_TEXT_BYTES),
+                ("label", &record.label, MAX_NAME_BYTES),
+                ("split", &record.split, MAX_NAME_BYTES),
+            ] {
+                at_most(
+                    &format!("record {index}'s {field} bytes"),
+                    value.len(),
+                    most,
+                )?;
+            }
             self.check_dimension(|| format!("record {index}"), record.embedding.len())?;
             if record.label.trim().is_empty() {
                 return Err(StoreError::InvalidArgument(format!(
@@ -185,6 +219,9 @@ impl Store {
                 "queries must not be empty".into(),
             ));
         }
+        at_most("queries per search", queries.len(), MAX_QUERIES)?;
+        at_most("split filters", params.splits.len(), MAX_FILTERS)?;
+        at_most("label filters", params.labels.len(), MAX_FILTERS)?;
         if params.k == 0 || params.k > MAX_K {
             return Err(StoreError::InvalidArgument(format!(
                 "k must be in 1..={MAX_K}, got {}",
@@ -212,6 +249,8 @@ impl Store {
                 "give ids or splits to delete; nothing was deleted".into(),
             ));
         }
+        at_most("ids per delete", ids.len(), MAX_IDS)?;
+        at_most("splits per delete", splits.len(), MAX_FILTERS)?;
         let ids = ids
             .iter()
             .map(|id| {
@@ -282,6 +321,41 @@ mod tests {
         assert_ne!(content_hash("ab", "c"), content_hash("a", "bc"));
         assert_eq!(content_hash("train", "x"), content_hash("train", "x"));
         assert_eq!(content_hash("train", "x").len(), 32);
+    }
+
+    #[tokio::test]
+    async fn oversized_calls_are_refused_before_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Embedded(crate::embedded::EmbeddedStore::open(dir.path(), 2).unwrap());
+        let record = |label: String| NewClause {
+            text: "t".into(),
+            label,
+            split: "train".into(),
+            embedding: vec![1.0, 0.0],
+        };
+        let err = store
+            .upsert(vec![record("L".repeat(300))])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("label bytes: 300 is over the limit of 256"),
+            "{err}"
+        );
+        let many: Vec<NewClause> = (0..MAX_RECORDS + 1).map(|_| record("L".into())).collect();
+        let err = store.upsert(many).await.unwrap_err();
+        assert!(err.to_string().contains("records per upsert"), "{err}");
+        let queries = vec![vec![1.0, 0.0]; MAX_QUERIES + 1];
+        let params = SearchParams {
+            k: 1,
+            ..Default::default()
+        };
+        let err = store.search(queries, &params).await.unwrap_err();
+        assert!(err.to_string().contains("queries per search"), "{err}");
+        let ids: Vec<String> = (0..MAX_IDS + 1).map(|i| i.to_string()).collect();
+        let err = store.delete(&ids, &[]).await.unwrap_err();
+        assert!(err.to_string().contains("ids per delete"), "{err}");
+        assert_eq!(store.stats().await.unwrap().total, 0, "nothing was stored");
     }
 
     #[test]
