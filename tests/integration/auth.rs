@@ -326,3 +326,88 @@ async fn a_revoked_key_is_refused_without_a_restart() {
     assert_eq!(labels(&fresh).await.unwrap().status(), 200);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn quotas_refuse_a_burst_with_retry_after_per_caller() {
+    let keys = make_keys();
+    let access = Access::new(&AccessConfig {
+        keys_file: Some(keys.path.clone()),
+        quotas: "classify=3/m,ingest=100/m,llm=1/m".parse().unwrap(),
+        ..Default::default()
+    })
+    .unwrap();
+    let database = fresh_database().await;
+    let stack = start_stack_guarded(&database, None, None, Access::open(), access, |_| {}).await;
+    let http = reqwest::Client::new();
+    let labels = |key: &ApiKey| {
+        http.get(stack.rest("/v1/labels"))
+            .bearer_auth(key.expose())
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(labels(&keys.classify).await.unwrap().status(), 200);
+    }
+    let over = labels(&keys.classify).await.unwrap();
+    assert_eq!(over.status(), 429);
+    let wait: u64 = over.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&wait), "{wait}");
+    let body: serde_json::Value = over.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "resource_exhausted");
+    // Another key has its own bucket, and its scope's allowance.
+    assert_eq!(labels(&keys.ingest).await.unwrap().status(), 200);
+
+    // The prompt strategies draw on a tighter bucket of their own (charged
+    // when the request is accepted, whatever the LLM then answers).
+    let zero_shot = |key: &ApiKey| {
+        http.post(stack.rest("/v1/classify"))
+            .bearer_auth(key.expose())
+            .json(&serde_json::json!({ "texts": ["Governing law."], "strategy": "zero-shot" }))
+            .send()
+    };
+    assert_ne!(zero_shot(&keys.ingest).await.unwrap().status(), 429);
+    let over = zero_shot(&keys.ingest).await.unwrap();
+    assert_eq!(over.status(), 429);
+    assert!(over.headers().get("retry-after").is_some());
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_keys_the_quota_is_per_client_address() {
+    let access = Access::new(&AccessConfig {
+        quotas: "anonymous=2/m".parse().unwrap(),
+        ..Default::default()
+    })
+    .unwrap();
+    let database = fresh_database().await;
+    let stack = start_stack_guarded(&database, None, None, Access::open(), access, |_| {}).await;
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let status = http
+            .get(stack.rest("/v1/labels"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let status = http
+        .get(stack.rest("/v1/labels"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 429);
+    // Open pages are never charged.
+    let status = http
+        .get(stack.rest("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    stack.shutdown().await;
+}

@@ -73,6 +73,12 @@ pub struct AccessArgs {
         default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS
     )]
     max_concurrent_requests: usize,
+    /// Per-caller quotas as token buckets: CLASS=COUNT/UNIT, comma-separated;
+    /// CLASS is a key scope (classify, ingest, admin), `anonymous` (per
+    /// client address, servers without keys) or `llm` (rag and zero-shot, on
+    /// top); UNIT s, m or h. E.g. `classify=600/m,llm=20/m`. Default: none.
+    #[arg(long = "quota", env = "LEXTRAL_QUOTA", default_value = "")]
+    quota: lextral_common::quota::QuotaSpec,
 }
 
 /// Enough to keep the embedder's batches full; few enough that an admitted
@@ -90,6 +96,7 @@ impl AccessArgs {
             service_key,
             insecure_no_auth: self.insecure_no_auth,
             max_concurrent_requests: self.max_concurrent_requests,
+            quotas: self.quota.clone(),
         })
     }
 

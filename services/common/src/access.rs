@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{AuthError, Caller, KeyStore, Scope};
+use crate::quota::{OverQuota, QuotaClass, QuotaSpec, Quotas};
 use crate::secrets::ApiKey;
 
 /// How a server admits calls.
@@ -24,6 +25,18 @@ pub struct AccessConfig {
     pub insecure_no_auth: bool,
     /// Calls in flight per service before new ones are refused; 0: no limit.
     pub max_concurrent_requests: usize,
+    /// Per-caller quotas (`classify=600/m,llm=20/m`); empty: none.
+    pub quotas: QuotaSpec,
+}
+
+/// Whom a call is charged to: a key's name, or `ip:ADDRESS` without keys.
+/// The door puts it in the request's extensions for handlers (LLM quota).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    /// The bucket key.
+    pub id: String,
+    /// The quota class of the caller's own calls.
+    pub class: QuotaClass,
 }
 
 /// A call refused because the service is at its concurrency limit.
@@ -46,6 +59,7 @@ struct Inner {
     insecure_no_auth: bool,
     limit: usize,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    quotas: Quotas,
 }
 
 /// The admission policy of one server process (cheap to clone).
@@ -63,18 +77,13 @@ impl Default for Access {
 impl Access {
     /// No credentials and no limit: tests and embedded use.
     pub fn open() -> Self {
-        Self::from_parts(None, None, false, 0)
+        Self::from_parts(None, None, &AccessConfig::default())
     }
 
     /// The policy for a server whose peers run as other processes.
     pub fn new(config: &AccessConfig) -> anyhow::Result<Self> {
         let keys = Self::key_store(config, config.service_key.as_ref())?;
-        Ok(Self::from_parts(
-            keys,
-            config.service_key.clone(),
-            config.insecure_no_auth,
-            config.max_concurrent_requests,
-        ))
+        Ok(Self::from_parts(keys, config.service_key.clone(), config))
     }
 
     /// The policy for `serve all`, where the services call each other in
@@ -94,12 +103,7 @@ impl Access {
             (None, None) => None,
         };
         let keys = Self::key_store(config, service_key.as_ref())?;
-        Ok(Self::from_parts(
-            keys,
-            service_key,
-            config.insecure_no_auth,
-            config.max_concurrent_requests,
-        ))
+        Ok(Self::from_parts(keys, service_key, config))
     }
 
     fn key_store(
@@ -120,21 +124,44 @@ impl Access {
         )?))
     }
 
-    fn from_parts(
-        keys: Option<KeyStore>,
-        peer_key: Option<ApiKey>,
-        insecure_no_auth: bool,
-        limit: usize,
-    ) -> Self {
+    fn from_parts(keys: Option<KeyStore>, peer_key: Option<ApiKey>, config: &AccessConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 keys,
                 peer_key,
-                insecure_no_auth,
-                limit,
+                insecure_no_auth: config.insecure_no_auth,
+                limit: config.max_concurrent_requests,
                 slots: Mutex::new(HashMap::new()),
+                quotas: Quotas::new(&config.quotas),
             }),
         }
+    }
+
+    /// Whom a call that passed the door is charged to: its key, else its
+    /// client address. Peer services (the service key) are not charged.
+    pub fn who(&self, caller: Option<&Caller>, peer: Option<std::net::SocketAddr>) -> Option<Who> {
+        match caller {
+            Some(caller) if caller.name == "internal" => None,
+            Some(caller) => Some(Who {
+                id: caller.name.clone(),
+                class: QuotaClass::Scope(caller.scope),
+            }),
+            None => Some(Who {
+                id: peer.map_or_else(
+                    || "ip:unknown".to_owned(),
+                    |addr| format!("ip:{}", addr.ip()),
+                ),
+                class: QuotaClass::Anonymous,
+            }),
+        }
+    }
+
+    /// Takes one call from `who`'s bucket of `class` (its own class when
+    /// `None`).
+    pub fn charge(&self, who: &Who, class: Option<QuotaClass>) -> Result<(), OverQuota> {
+        self.inner
+            .quotas
+            .charge(class.unwrap_or(who.class), &who.id)
     }
 
     /// Whether calls need a key.

@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 
 use crate::access::{Access, Busy, RETRY_AFTER_S};
 use crate::auth::{grpc_scope, AuthError, Scope};
+use crate::quota::OverQuota;
 
 /// gRPC status for a refused credential.
 pub fn auth_status(err: &AuthError) -> Status {
@@ -27,6 +28,28 @@ pub fn auth_status(err: &AuthError) -> Status {
     } else {
         Status::unauthenticated(err.to_string())
     }
+}
+
+/// gRPC status for a call over its quota, with `retry-after` metadata.
+pub fn quota_status(over: &OverQuota) -> Status {
+    let mut status = Status::resource_exhausted(over.to_string());
+    status
+        .metadata_mut()
+        .insert("retry-after", MetadataValue::from(over.retry_after_s));
+    status
+}
+
+/// The REST answer for a call over its quota: 429 with `Retry-After`.
+pub fn quota_response(over: &OverQuota) -> Response {
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "resource_exhausted",
+        &over.to_string(),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(over.retry_after_s));
+    response
 }
 
 /// gRPC status for a shed call, with the `retry-after` the caller should honour.
@@ -112,17 +135,31 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
         let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-        match self.access.authorize(header, grpc_scope(&path)) {
-            Ok(Some(caller)) => {
-                request.extensions_mut().insert(caller);
-            }
-            Ok(None) => {}
+        let required = grpc_scope(&path);
+        let caller = match self.access.authorize(header, required) {
+            Ok(caller) => caller,
             Err(err) => {
                 count_refusal(&err);
                 tracing::debug!(%path, error = %err, "call refused");
                 let response = auth_status(&err).into_http();
                 return Box::pin(async move { Ok(response) });
             }
+        };
+        if required.is_some() {
+            let peer = request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr());
+            if let Some(who) = self.access.who(caller.as_ref(), peer) {
+                if let Err(over) = self.access.charge(&who, None) {
+                    let response = quota_status(&over).into_http();
+                    return Box::pin(async move { Ok(response) });
+                }
+                request.extensions_mut().insert(who);
+            }
+        }
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(caller);
         }
         let service = path
             .trim_start_matches('/')
@@ -170,11 +207,25 @@ pub async fn http_guard(
 ) -> Response {
     let path = request.uri().path().to_owned();
     let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    match access.authorize(header, rest_scope(&path)) {
-        Ok(Some(caller)) => {
-            request.extensions_mut().insert(caller);
+    let required = rest_scope(&path);
+    match access.authorize(header, required) {
+        Ok(caller) => {
+            if required.is_some() {
+                let peer = request
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|info| info.0);
+                if let Some(who) = access.who(caller.as_ref(), peer) {
+                    if let Err(over) = access.charge(&who, None) {
+                        return quota_response(&over);
+                    }
+                    request.extensions_mut().insert(who);
+                }
+            }
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
+            }
         }
-        Ok(None) => {}
         Err(err) => {
             count_refusal(&err);
             tracing::debug!(%path, error = %err, "call refused");

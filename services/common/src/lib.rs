@@ -17,6 +17,8 @@ pub mod limits;
 #[cfg(feature = "service")]
 pub mod metrics;
 pub mod provider;
+#[cfg(feature = "service")]
+pub mod quota;
 pub mod secrets;
 #[cfg(feature = "service")]
 pub mod server;

@@ -25,6 +25,19 @@ pub enum OrchestratorError {
     /// A downstream answer broke the contract (e.g. wrong result count).
     #[error("{0}")]
     Internal(String),
+    /// The caller used up a quota (the LLM strategies' own).
+    #[error(transparent)]
+    OverQuota(#[from] lextral_common::quota::OverQuota),
+}
+
+impl OrchestratorError {
+    /// Seconds the caller should wait before retrying, when that is known.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Self::OverQuota(over) => Some(over.retry_after_s),
+            _ => None,
+        }
+    }
 }
 
 impl OrchestratorError {
@@ -52,6 +65,7 @@ impl ServiceError for OrchestratorError {
             Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
             Self::Downstream { code, .. } => *code,
             Self::Internal(_) => ServiceErrorCode::Internal,
+            Self::OverQuota(_) => ServiceErrorCode::ResourceExhausted,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::downstream::caller_deadline;
 use crate::error::OrchestratorError;
 use crate::orchestrator::Orchestrator;
 use crate::plan::{ClassifyInput, KnnInput, VoteKind};
+use lextral_common::access::Who;
 
 /// Implements `lextral.v1.OrchestratorService`.
 pub struct OrchestratorGrpc {
@@ -283,8 +284,12 @@ impl OrchestratorService for OrchestratorGrpc {
         request: Request<ClassifyRequest>,
     ) -> Result<Response<ClassifyResponse>, Status> {
         let deadline = caller_deadline(request.metadata());
+        let who = request.extensions().get::<Who>().cloned();
         let input = ClassifyInput::try_from(request.into_inner()).map_err(into_status)?;
-        let plan = self.orchestrator.plan(input).map_err(into_status)?;
+        let plan = self
+            .orchestrator
+            .plan(input, who.as_ref())
+            .map_err(status_of)?;
         let classified = by_caller_deadline(deadline, self.orchestrator.classify(plan))
             .await
             .map_err(into_status)?;
@@ -322,6 +327,19 @@ impl OrchestratorService for OrchestratorGrpc {
     ) -> Result<Response<OrchestratorServiceInfoResponse>, Status> {
         Ok(Response::new(self.orchestrator.info().await))
     }
+}
+
+/// The status of an orchestrator error, with `retry-after` metadata when
+/// the caller should wait (a quota).
+fn status_of(err: OrchestratorError) -> Status {
+    let retry_after = err.retry_after_s();
+    let mut status = into_status(err);
+    if let Some(seconds) = retry_after {
+        status
+            .metadata_mut()
+            .insert("retry-after", tonic::metadata::MetadataValue::from(seconds));
+    }
+    status
 }
 
 /// Runs `work` within the caller's `grpc-timeout`, when it sent one.

@@ -15,6 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use lextral_common::access::Who;
 use lextral_common::{client_message, guard, ServiceErrorCode};
 use lextral_proto::names::{parse_strategy, parse_vote, strategy_name};
 use lextral_proto::v1::orchestrator_service_server::SERVICE_NAME as ORCHESTRATOR_SERVICE;
@@ -207,6 +208,7 @@ pub struct ApiError {
     status: StatusCode,
     code: String,
     message: String,
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -215,6 +217,7 @@ impl ApiError {
             status: code.http_status(),
             code: code.as_str().to_owned(),
             message: message.into(),
+            retry_after_s: None,
         }
     }
 
@@ -226,7 +229,9 @@ impl ApiError {
 impl From<OrchestratorError> for ApiError {
     fn from(err: OrchestratorError) -> Self {
         let (code, message) = client_message(&err);
-        Self::new(code, message)
+        let mut api = Self::new(code, message);
+        api.retry_after_s = err.retry_after_s();
+        api
     }
 }
 
@@ -247,6 +252,7 @@ impl From<JsonRejection> for ApiError {
             },
             code: code.to_owned(),
             message: rejection.body_text(),
+            retry_after_s: None,
         }
     }
 }
@@ -259,7 +265,13 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -402,10 +414,12 @@ pub fn reply_body(response: ClassifyResponse) -> ClassifyReply {
 )]
 async fn classify(
     State(orchestrator): State<Arc<Orchestrator>>,
+    who: Option<axum::Extension<Who>>,
     body: Result<Json<ClassifyBody>, JsonRejection>,
 ) -> Result<Json<ClassifyReply>, ApiError> {
     let Json(body) = body?;
-    let plan = orchestrator.plan(ClassifyInput::try_from(body)?)?;
+    let who = who.map(|axum::Extension(who)| who);
+    let plan = orchestrator.plan(ClassifyInput::try_from(body)?, who.as_ref())?;
     let timeout = orchestrator.config().request_timeout();
     let classified = tokio::time::timeout(timeout, orchestrator.classify(plan))
         .await
@@ -541,6 +555,7 @@ async fn method_not_allowed() -> ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed".to_owned(),
         message: "method not allowed on this route".to_owned(),
+        retry_after_s: None,
     }
 }
 
@@ -651,9 +666,13 @@ pub async fn serve(
             tracing::warn!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app(orchestrator))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address keys the quota of callers without a key.
+    axum::serve(
+        listener,
+        app(orchestrator).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use lextral_common::access::Who;
+use lextral_common::quota::QuotaClass;
 use lextral_common::Access;
 use lextral_proto::names::strategy_name;
 
@@ -11,7 +13,7 @@ use crate::config::OrchestratorConfig;
 use crate::domain::{Classified, DependencyStatus, IngestOutcome, LabelSet, LabelledClause};
 use crate::downstream::{within, Downstream};
 use crate::error::OrchestratorError;
-use crate::plan::{default_vote, text_limits, ClassifyInput, ClassifyPlan, VoteKind};
+use crate::plan::{default_vote, text_limits, ClassifyInput, ClassifyPlan, StrategyPlan, VoteKind};
 use crate::strategy;
 
 /// How long the index's label list is reused for prompts.
@@ -65,9 +67,20 @@ impl Orchestrator {
         &self.config
     }
 
-    /// Checks a request against this server's limits and defaults.
-    pub fn plan(&self, input: ClassifyInput) -> Result<ClassifyPlan, OrchestratorError> {
-        ClassifyPlan::new(input, &self.config, self.default_vote)
+    /// Checks a request against this server's limits and defaults, and a
+    /// prompt strategy against `who`'s LLM quota.
+    pub fn plan(
+        &self,
+        input: ClassifyInput,
+        who: Option<&Who>,
+    ) -> Result<ClassifyPlan, OrchestratorError> {
+        let plan = ClassifyPlan::new(input, &self.config, self.default_vote)?;
+        if let (Some(who), StrategyPlan::Rag { .. } | StrategyPlan::ZeroShot { .. }) =
+            (who, &plan.strategy)
+        {
+            self.access.charge(who, Some(QuotaClass::Llm))?;
+        }
+        Ok(plan)
     }
 
     /// Classifies a batch of clauses.
