@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|all [options]
+# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|overload|crash|all [options]
 #   embed:     our embedder and sentence-transformers/PyTorch on the same 1,000
 #              clauses, same threads, in one run; prints both and their ratio
 #              (options go to bench/embed_vs_pytorch.py).
@@ -17,6 +17,11 @@
 #              server; one-bit codes + exact re-scoring): load, reopen,
 #              recall and latency against ef_search. ~3 min, 1.6 GB disk,
 #              ~5 GB memory.
+#   overload:  256 REST clients on knn against `serve all` for DURATION
+#              seconds (default 300): answers per status code, accepted and
+#              refused p99, resident memory before and after (issue 19).
+#   crash:     CYCLES (default 25) SIGKILLs of `serve all` mid-ingest per
+#              store; every acknowledged batch whole after each restart.
 #   stack:     the services as separate processes (embedded store, train split
 #              indexed, the fine-tuned model of the quick start), then REST
 #              kNN at one client (`lextral bench stack`) and knn/finetuned over
@@ -174,12 +179,65 @@ run_stack() {
   stop_services
 }
 
+# 256 REST clients on kNN against `serve all` (default 300 s, DURATION=…):
+# answers per status, accepted p99, refused p99, and the process's resident
+# memory before and after the soak.
+run_overload() {
+  local lextral tmp grpc http metrics rss_before rss_after
+  lextral="$(build)"
+  LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -1)"
+  export LEXTRAL_EMBED_MODEL
+  tmp="$(mktemp -d)"
+  STACK_TMP="$tmp"
+  trap stop_services EXIT
+  grpc="127.0.0.1:$(free_port)"
+  http="127.0.0.1:$(free_port)"
+  metrics="127.0.0.1:$(free_port)"
+  "$lextral" serve all --grpc "$grpc" --http "$http" --metrics "$metrics" \
+    --store embedded --store-path "$tmp/store" >"$tmp/all.log" 2>&1 &
+  STACK_PIDS+=($!)
+  for _ in $(seq 1 240); do
+    curl -fs "http://$http/readyz" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  curl -fs "http://$http/readyz" >/dev/null || { tail -n 20 "$tmp/all.log" >&2; exit 1; }
+  "$lextral" index --data "$DATA" --splits train --server "http://$grpc" >&2
+  rss() { curl -fs "http://$metrics/metrics" | awk '$1 == "process_resident_memory_bytes" { print $2 }'; }
+  # A short untimed run first, so the soak starts from warm allocations.
+  "$lextral" bench load --data "$DATA/validation.jsonl" --strategies knn --protocols rest \
+    --concurrency 256 --duration 10 --warmup 0 --server "http://$grpc" --http "http://$http" >/dev/null
+  rss_before="$(rss)"
+  mkdir -p "$OUT"
+  echo "== overload: 256 REST clients on knn for ${DURATION:-300} s (lextral bench load)"
+  "$lextral" bench load --data "$DATA/validation.jsonl" --strategies knn --protocols rest \
+    --concurrency 256 --duration "${DURATION:-300}" --warmup 0 --timeout-s 30 \
+    --server "http://$grpc" --http "http://$http" --service-metrics "all=http://$metrics" \
+    --out "$OUT/overload.json" "$@"
+  rss_after="$(rss)"
+  awk -v a="$rss_before" -v b="$rss_after" 'BEGIN { printf "resident memory: %.0f MiB before, %.0f MiB after (ratio %.3f)\n", a/1048576, b/1048576, b/a }'
+  echo "bench: report in $OUT/overload.json"
+  stop_services
+}
+
+# The crash loop at length: CYCLES (default 25) SIGKILLs of `serve all`
+# mid-ingest per store (embedded and PostgreSQL), checking after each
+# restart that every acknowledged batch is whole and none is partial.
+run_crash() {
+  LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -1)"
+  LEXTRAL_TEST_DATABASE_URL="${LEXTRAL_TEST_DATABASE_URL:-$(scripts/dev-db.sh start | tail -n 1)}"
+  export LEXTRAL_EMBED_MODEL LEXTRAL_TEST_DATABASE_URL
+  LEXTRAL_CRASH_CYCLES="${CYCLES:-25}" \
+    cargo test --release -p lextral-cli --test crash -- --nocapture "$@"
+}
+
 case "$what" in
   embed) run_embed "$@" ;;
   retriever) run_retriever retriever --pg-search hnsw "$@" ;;
   retriever-codes) run_retriever retriever-codes --pg-search codes "$@" ;;
   retriever-embedded) run_retriever_embedded "$@" ;;
   stack) run_stack "$@" ;;
+  overload) run_overload "$@" ;;
+  crash) run_crash "$@" ;;
   all)
     run_embed
     run_retriever retriever --pg-search hnsw
@@ -188,7 +246,7 @@ case "$what" in
     run_stack
     ;;
   *)
-    echo "usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|all [options]" >&2
+    echo "usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|overload|crash|all [options]" >&2
     exit 2
     ;;
 esac

@@ -22,6 +22,9 @@ pub struct ServerArgs {
     /// API key, when the server wants one (`lextral keys create`).
     #[arg(long = "api-key", env = "LEXTRAL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM CA of an `https://` server (default: the webpki roots).
+    #[arg(long = "tls-ca", env = "LEXTRAL_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
@@ -36,16 +39,21 @@ impl ServerArgs {
 
     /// Connects, with a message that says what to do when nothing listens.
     pub async fn connect(&self) -> anyhow::Result<OrchestratorServiceClient<PeerChannel>> {
-        let channel = Channel::from_shared(self.server.clone())
-            .with_context(|| format!("bad server URL {:?}", self.server))?
-            .connect()
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the orchestrator at {}; start it with `lextral serve all`",
-                    self.server
-                )
-            })?;
+        let mut endpoint = Channel::from_shared(self.server.clone())
+            .with_context(|| format!("bad server URL {:?}", self.server))?;
+        if self.server.starts_with("https://") {
+            let tls = lextral_common::tls::PeerTls {
+                ca: self.tls_ca.clone(),
+                identity: None,
+            };
+            endpoint = endpoint.tls_config(tls.grpc()?)?;
+        }
+        let channel = endpoint.connect().await.with_context(|| {
+            format!(
+                "cannot reach the orchestrator at {}; start it with `lextral serve all`",
+                self.server
+            )
+        })?;
         Ok(
             OrchestratorServiceClient::new(PeerChannel::new(channel, self.key()?.as_ref())?)
                 .max_decoding_message_size(lextral_common::MAX_MESSAGE_BYTES),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use clap::{Args, Subcommand};
-use lextral_common::server::{bind, serve_grpc, GrpcRoutes};
+use lextral_common::server::{bind, serve_grpc, serve_grpc_loopback, GrpcRoutes};
 use lextral_common::shutdown::shutdown_token;
 use lextral_common::{Access, AccessConfig, ApiKey};
 use lextral_embedder::EmbedderConfig;
@@ -79,6 +79,23 @@ pub struct AccessArgs {
     /// top); UNIT s, m or h. E.g. `classify=600/m,llm=20/m`. Default: none.
     #[arg(long = "quota", env = "LEXTRAL_QUOTA", default_value = "")]
     quota: lextral_common::quota::QuotaSpec,
+    /// PEM certificate chain: with --tls-key, gRPC and the REST gateway
+    /// speak TLS only (it is also the client certificate shown to mTLS peers).
+    #[arg(long = "tls-cert", env = "LEXTRAL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long = "tls-key", env = "LEXTRAL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// PEM CA: clients must present a certificate it signed (mTLS).
+    #[arg(
+        long = "tls-client-ca",
+        env = "LEXTRAL_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// PEM CA of `https://` downstream services (default: the webpki roots).
+    #[arg(long = "tls-ca", env = "LEXTRAL_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Enough to keep the embedder's batches full; few enough that an admitted
@@ -97,6 +114,15 @@ impl AccessArgs {
             insecure_no_auth: self.insecure_no_auth,
             max_concurrent_requests: self.max_concurrent_requests,
             quotas: self.quota.clone(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(lextral_common::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+            peer_ca: self.tls_ca.clone(),
         })
     }
 
@@ -332,6 +358,16 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
     let http_listener = bind_guarded(&args.http, &access, "the REST gateway").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    // With TLS on the public port, the services' calls to each other go
+    // through a plaintext port of their own on loopback.
+    let internal_listener = match access.grpc_tls() {
+        Some(_) => Some(bind("127.0.0.1:0").await?),
+        None => None,
+    };
+    let internal_addr = match &internal_listener {
+        Some(listener) => listener.local_addr()?,
+        None => grpc_addr,
+    };
 
     let mut routes = GrpcRoutes::with_access(access);
     let queue = lextral_embedder::add_to(&args.embedder, &mut routes).await?;
@@ -346,7 +382,7 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
     }
     let store = lextral_retriever::add_to(&args.retriever, &mut routes).await?;
     let mut finetuned_config = args.finetuned.clone();
-    finetuned_config.embedder_url = loopback_url(grpc_addr);
+    finetuned_config.embedder_url = loopback_url(internal_addr);
     let finetuned = lextral_finetuned_classifier::add_to(&finetuned_config, &mut routes).await?;
     if let (Some(model), Ok(stats)) = (finetuned.current(), store.stats().await) {
         // Cascade mixes both: a label the model cannot produce but the index
@@ -365,13 +401,13 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
         }
     }
     let mut prompt_config = args.prompt.clone();
-    prompt_config.embedder_url = Some(loopback_url(grpc_addr));
+    prompt_config.embedder_url = Some(loopback_url(internal_addr));
     lextral_prompt_classifier::add_to(&prompt_config, &mut routes).await?;
     let mut orchestrator_config = args.orchestrator.clone();
-    orchestrator_config.finetuned_url = loopback_url(grpc_addr);
-    orchestrator_config.prompt_url = loopback_url(grpc_addr);
-    orchestrator_config.embedder_url = loopback_url(grpc_addr);
-    orchestrator_config.retriever_url = loopback_url(grpc_addr);
+    orchestrator_config.finetuned_url = loopback_url(internal_addr);
+    orchestrator_config.prompt_url = loopback_url(internal_addr);
+    orchestrator_config.embedder_url = loopback_url(internal_addr);
+    orchestrator_config.retriever_url = loopback_url(internal_addr);
     let orchestrator = lextral_orchestrator::add_to(&orchestrator_config, &mut routes).await?;
 
     let http_token = token.clone();
@@ -381,6 +417,20 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
         async move { http_token.cancelled().await },
     ));
     tracing::info!(grpc = %grpc_addr, http = %http_addr, keys = routes.access().requires_keys(), "lextral is up: REST http://{http_addr}/ , gRPC {grpc_addr}");
+    if let Some(listener) = internal_listener {
+        let internal_token = token.clone();
+        let internal_routes = routes.clone();
+        let timeout = Duration::from_secs(args.orchestrator.request_timeout_s.max(1));
+        tokio::spawn(async move {
+            if let Err(err) = serve_grpc_loopback(listener, internal_routes, timeout, async move {
+                internal_token.cancelled().await
+            })
+            .await
+            {
+                tracing::error!(error = %err, "internal gRPC port failed");
+            }
+        });
+    }
     let grpc_token = token.clone();
     serve_grpc(
         grpc_listener,

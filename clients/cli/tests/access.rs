@@ -225,3 +225,106 @@ async fn serve_all_with_keys_end_to_end() {
         assert!(!log.contains(key.as_str()), "a key reached the log");
     }
 }
+
+/// A CA and a certificate for localhost / 127.0.0.1 signed by it, as PEM
+/// files in `dir`: (ca, cert, key).
+fn certificates(dir: &Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = ["ca.pem", "server.pem", "server.key"].map(|n| dir.join(n));
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    let [a, b, c] = paths.map(|p| p.to_str().unwrap().to_owned());
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn serve_all_over_tls_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let (http, grpc) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["serve", "all", "--metrics", ""])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--grpc", &format!("127.0.0.1:{grpc}")])
+        .args(["--tls-cert", &cert, "--tls-key", &key])
+        .args(["--store", "embedded", "--store-path"])
+        .arg(dir.path().join("store"))
+        .env("LEXTRAL_EMBED_MODEL", model_dir())
+        .env("LEXTRAL_HOME", dir.path().join("home"))
+        .env_remove("LEXTRAL_LLM_MODEL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = KillOnDrop(child);
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{http}");
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = https.get(format!("{base}/readyz")).send().await {
+            if response.status() == 200 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        assert!(server.0.try_wait().unwrap().is_none(), "exited early");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{http}/healthz"))
+            .await
+            .is_err(),
+        "plaintext REST refused"
+    );
+
+    // gRPC over TLS from the CLI; the services reach each other inside.
+    let data = tempfile::tempdir().unwrap();
+    let train = ledgar("train", 20);
+    let lines: Vec<String> = train
+        .iter()
+        .map(|(t, l)| serde_json::json!({ "text": t, "label": l }).to_string())
+        .collect();
+    std::fs::write(data.path().join("train.jsonl"), lines.join("\n") + "\n").unwrap();
+    let server_url = format!("https://localhost:{grpc}");
+    let indexed = ok(&lextral(&[
+        "index",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--server",
+        &server_url,
+        "--tls-ca",
+        &ca,
+    ]));
+    assert!(indexed.contains("indexed 20 clauses"), "{indexed}");
+    let plain = lextral(&[
+        "classify",
+        "--server",
+        &format!("http://127.0.0.1:{grpc}"),
+        &train[2].0,
+    ]);
+    assert!(!plain.status.success(), "plaintext gRPC refused");
+    let reply: serde_json::Value = https
+        .post(format!("{base}/v1/classify"))
+        .json(
+            &serde_json::json!({ "texts": [train[2].0], "strategy": "knn", "options": { "k": 1 } }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["results"][0]["label"], train[2].1.as_str(), "{reply}");
+}

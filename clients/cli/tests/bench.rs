@@ -371,6 +371,14 @@ async fn bench_load_measures_each_level_over_rest_and_grpc() {
     );
     for level in levels {
         assert_eq!(level["errors"], 0);
+        // Every answer is counted by status: all of them successes here.
+        let ok = if level["protocol"] == "rest" {
+            "200"
+        } else {
+            "Ok"
+        };
+        assert_eq!(level["statuses"][ok], level["requests"], "{level}");
+        assert_eq!(level["refused"], 0);
         assert!(level["throughput_per_s"].as_f64().unwrap() > 0.0);
         let (p50, p99) = (
             level["p50_ms"].as_f64().unwrap(),
@@ -394,6 +402,31 @@ async fn bench_load_measures_each_level_over_rest_and_grpc() {
     assert!(resident > 20.0 && resident <= memory["peak_resident_mib"].as_f64().unwrap());
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(saved["levels"], report["levels"]);
+
+    // --duration: clients run for the time given, however many that is.
+    let timed = run_json(&[
+        "bench",
+        "load",
+        "--data",
+        queries.to_str().unwrap(),
+        "--strategies",
+        "knn",
+        "--concurrency",
+        "2",
+        "--protocols",
+        "rest",
+        "--duration",
+        "1",
+        "--server",
+        &server_url,
+        "--http",
+        &http_url,
+        "--json",
+    ]);
+    let level = &timed["levels"][0];
+    let seconds = level["seconds"].as_f64().unwrap();
+    assert!((1.0..5.0).contains(&seconds), "{level}");
+    assert!(level["requests"].as_u64().unwrap() >= 2, "{level}");
 
     // No fine-tuned model: a clear error, not a hang or a zero.
     let output = Command::new(BIN)

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::{AuthError, Caller, KeyStore, Scope};
 use crate::quota::{OverQuota, QuotaClass, QuotaSpec, Quotas};
 use crate::secrets::ApiKey;
+use crate::tls::{PeerTls, TlsFiles};
 
 /// How a server admits calls.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +28,11 @@ pub struct AccessConfig {
     pub max_concurrent_requests: usize,
     /// Per-caller quotas (`classify=600/m,llm=20/m`); empty: none.
     pub quotas: QuotaSpec,
+    /// This server's certificate (TLS on gRPC and REST), and the client CA
+    /// for mTLS.
+    pub tls: Option<TlsFiles>,
+    /// The CA of `https://` peers (else the webpki roots).
+    pub peer_ca: Option<std::path::PathBuf>,
 }
 
 /// Whom a call is charged to: a key's name, or `ip:ADDRESS` without keys.
@@ -60,6 +66,9 @@ struct Inner {
     limit: usize,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     quotas: Quotas,
+    grpc_tls: Option<tonic::transport::ServerTlsConfig>,
+    rest_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    peer_tls: tonic::transport::ClientTlsConfig,
 }
 
 /// The admission policy of one server process (cheap to clone).
@@ -77,13 +86,13 @@ impl Default for Access {
 impl Access {
     /// No credentials and no limit: tests and embedded use.
     pub fn open() -> Self {
-        Self::from_parts(None, None, &AccessConfig::default())
+        Self::from_parts(None, None, &AccessConfig::default()).expect("no files to read")
     }
 
     /// The policy for a server whose peers run as other processes.
     pub fn new(config: &AccessConfig) -> anyhow::Result<Self> {
         let keys = Self::key_store(config, config.service_key.as_ref())?;
-        Ok(Self::from_parts(keys, config.service_key.clone(), config))
+        Self::from_parts(keys, config.service_key.clone(), config)
     }
 
     /// The policy for `serve all`, where the services call each other in
@@ -103,7 +112,7 @@ impl Access {
             (None, None) => None,
         };
         let keys = Self::key_store(config, service_key.as_ref())?;
-        Ok(Self::from_parts(keys, service_key, config))
+        Self::from_parts(keys, service_key, config)
     }
 
     fn key_store(
@@ -124,8 +133,22 @@ impl Access {
         )?))
     }
 
-    fn from_parts(keys: Option<KeyStore>, peer_key: Option<ApiKey>, config: &AccessConfig) -> Self {
-        Self {
+    fn from_parts(
+        keys: Option<KeyStore>,
+        peer_key: Option<ApiKey>,
+        config: &AccessConfig,
+    ) -> anyhow::Result<Self> {
+        // Read and checked now, so a bad certificate stops the start.
+        let (grpc_tls, rest_tls) = match &config.tls {
+            Some(files) => (Some(files.grpc()?), Some(files.rustls()?)),
+            None => (None, None),
+        };
+        let peer_tls = PeerTls {
+            ca: config.peer_ca.clone(),
+            identity: config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
+        }
+        .grpc()?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 keys,
                 peer_key,
@@ -133,8 +156,26 @@ impl Access {
                 limit: config.max_concurrent_requests,
                 slots: Mutex::new(HashMap::new()),
                 quotas: Quotas::new(&config.quotas),
+                grpc_tls,
+                rest_tls,
+                peer_tls,
             }),
-        }
+        })
+    }
+
+    /// TLS for this server's gRPC port, when configured.
+    pub fn grpc_tls(&self) -> Option<tonic::transport::ServerTlsConfig> {
+        self.inner.grpc_tls.clone()
+    }
+
+    /// TLS for the REST gateway, when configured.
+    pub fn rest_tls(&self) -> Option<Arc<tokio_rustls::rustls::ServerConfig>> {
+        self.inner.rest_tls.clone()
+    }
+
+    /// How to reach `https://` peers.
+    pub fn peer_tls(&self) -> &tonic::transport::ClientTlsConfig {
+        &self.inner.peer_tls
     }
 
     /// Whom a call that passed the door is charged to: its key, else its

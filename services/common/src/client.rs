@@ -7,6 +7,7 @@ use http::HeaderValue;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::access::Access;
 use crate::secrets::ApiKey;
 
 /// Largest gRPC message a Lextral client or internal server accepts: answers
@@ -63,22 +64,31 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
     }
 }
 
-/// A lazy channel to `url` with a per-call `timeout`, sending `key`: services
-/// may start in any order, and calls fail UNAVAILABLE until the peer is up.
-/// `what` names the peer in the error for a malformed URL.
+/// A lazy channel to `url` with a per-call `timeout`, sending `access`'s
+/// peer key (and, for `https://`, its peer TLS settings): services may start
+/// in any order, and calls fail UNAVAILABLE until the peer is up. `what`
+/// names the peer in the error for a malformed URL.
 pub fn lazy_channel(
     what: &str,
     url: &str,
     timeout: Duration,
-    key: Option<&ApiKey>,
+    access: &Access,
 ) -> anyhow::Result<PeerChannel> {
-    let channel = Endpoint::from_shared(url.to_owned())
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|err| anyhow::anyhow!("bad {what} URL {url:?}: {err}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout)
         .tcp_nodelay(true)
-        .connect_lazy();
-    PeerChannel::new(channel, key)
+        // Dead peers are noticed between calls, not at the next timeout.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(access.peer_tls().clone())
+            .map_err(|err| anyhow::anyhow!("TLS for {what} URL {url:?}: {err}"))?;
+    }
+    PeerChannel::new(endpoint.connect_lazy(), access.peer_key())
 }
 
 #[cfg(test)]
@@ -87,13 +97,21 @@ mod tests {
 
     #[tokio::test]
     async fn bad_urls_name_the_peer() {
-        let err = lazy_channel("embedder", "not a url", Duration::from_secs(1), None).unwrap_err();
+        let open = Access::open();
+        let err = lazy_channel("embedder", "not a url", Duration::from_secs(1), &open).unwrap_err();
         assert!(err.to_string().contains("bad embedder URL"), "{err}");
         assert!(lazy_channel(
             "embedder",
             "http://127.0.0.1:1",
             Duration::from_secs(1),
-            None
+            &open
+        )
+        .is_ok());
+        assert!(lazy_channel(
+            "embedder",
+            "https://127.0.0.1:1",
+            Duration::from_secs(1),
+            &open
         )
         .is_ok());
     }

@@ -25,6 +25,8 @@ pub mod server;
 #[cfg(feature = "service")]
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "service")]
+pub mod tls;
 
 #[cfg(feature = "service")]
 pub use access::{Access, AccessConfig};

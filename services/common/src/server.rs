@@ -16,6 +16,7 @@ use crate::metrics::GrpcMetricsLayer;
 
 /// Routes under construction, the health reporter the services flip, and
 /// the admission policy the server applies to them.
+#[derive(Clone)]
 pub struct GrpcRoutes {
     builder: RoutesBuilder,
     health: HealthReporter,
@@ -109,13 +110,43 @@ pub async fn serve_grpc(
     request_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let tls = routes.access.grpc_tls();
+    serve(listener, routes, request_timeout, shutdown, tls).await
+}
+
+/// [`serve_grpc`] without TLS on a loopback `listener`: `serve all`'s own
+/// calls between its services when its public port speaks TLS (keys are
+/// still checked).
+pub async fn serve_grpc_loopback(
+    listener: TcpListener,
+    routes: GrpcRoutes,
+    request_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    anyhow::ensure!(addr.ip().is_loopback(), "{addr} is not a loopback address");
+    serve(listener, routes, request_timeout, shutdown, None).await?;
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    routes: GrpcRoutes,
+    request_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<(), tonic::transport::Error> {
     // Without TCP_NODELAY small responses wait on Nagle + delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let GrpcRoutes {
         builder, access, ..
     } = routes;
     let routes: Routes = builder.routes();
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .timeout(request_timeout)
         .layer(GrpcMetricsLayer)
         .layer(GrpcGuardLayer::new(access))

@@ -45,10 +45,7 @@ pub async fn add_to(
     health
         .set_not_serving::<FinetunedClassifierServiceServer<FinetunedGrpc>>()
         .await;
-    let service = Arc::new(FinetunedService::new(
-        config.clone(),
-        routes.access().peer_key(),
-    )?);
+    let service = Arc::new(FinetunedService::new(config.clone(), routes.access())?);
     if let Some(remote) = service.remote_model() {
         tracing::info!(model = remote, url = %config.mistral_url, "serving a Mistral fine-tuned classifier");
         health

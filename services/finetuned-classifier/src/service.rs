@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use lextral_common::{lazy_channel, TextLimits, MAX_MESSAGE_BYTES};
-use lextral_common::{ApiKey, PeerChannel};
+use lextral_common::{Access, PeerChannel};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient, EmbedRequest, FinetunedClassification,
     LabelScore,
@@ -30,14 +30,14 @@ pub struct FinetunedService {
 }
 
 impl FinetunedService {
-    /// Creates the service, its embedder client sending `peer_key`; `load`
+    /// Creates the service, its embedder client sending `access`'s peer key; `load`
     /// must be called to load the model.
-    pub fn new(config: FinetunedConfig, peer_key: Option<&ApiKey>) -> anyhow::Result<Self> {
+    pub fn new(config: FinetunedConfig, access: &Access) -> anyhow::Result<Self> {
         let channel = lazy_channel(
             "embedder",
             &config.embedder_url,
             config.request_timeout(),
-            peer_key,
+            access,
         )?;
         let remote = match &config.mistral_model {
             Some(model) => Some((

@@ -175,7 +175,7 @@ impl Downstream {
     /// services may start in any order.
     pub fn new(config: &OrchestratorConfig, access: &Access) -> anyhow::Result<Self> {
         let timeout = config.request_timeout();
-        let channel = |url: &str| lazy_channel("downstream", url, timeout, access.peer_key());
+        let channel = |url: &str| lazy_channel("downstream", url, timeout, access);
         let embedder_channel = channel(&config.embedder_url)?;
         let retriever_channel = channel(&config.retriever_url)?;
         let finetuned_channel = channel(&config.finetuned_url)?;

@@ -660,6 +660,9 @@ pub async fn serve(
     orchestrator: Arc<Orchestrator>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(tls) = orchestrator.access().rest_tls() {
+        return lextral_common::tls::serve_https(listener, app(orchestrator), tls, shutdown).await;
+    }
     // Small JSON replies must not wait on Nagle + delayed ACK.
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {

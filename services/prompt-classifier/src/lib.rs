@@ -45,7 +45,7 @@ pub async fn add_to(
     health
         .set_not_serving::<PromptClassifierServiceServer<PromptGrpc>>()
         .await;
-    let (service, choice) = PromptService::new(config.clone(), routes.access().peer_key())?;
+    let (service, choice) = PromptService::new(config.clone(), routes.access())?;
     let service = Arc::new(service);
     match choice {
         BackendChoice::Chat(settings) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use lextral_common::{lazy_channel, TextLimits, MAX_MESSAGE_BYTES};
-use lextral_common::{ApiKey, PeerChannel};
+use lextral_common::{Access, PeerChannel};
 use lextral_proto::v1::{
     embedder_service_client::EmbedderServiceClient, EmbedRequest, FewShotExamples,
     PromptClassification, PromptMode,
@@ -65,10 +65,7 @@ pub enum BackendChoice {
 impl PromptService {
     /// Validates the configuration; the backend is attached later
     /// ([`Self::set_backend`]) because loading a local model takes seconds.
-    pub fn new(
-        config: PromptConfig,
-        peer_key: Option<&ApiKey>,
-    ) -> anyhow::Result<(Self, BackendChoice)> {
+    pub fn new(config: PromptConfig, access: &Access) -> anyhow::Result<(Self, BackendChoice)> {
         let choice = Self::backend_choice(&config)?;
         let constrained = matches!(choice, BackendChoice::Local { .. }) && config.constrained;
         let templates = Templates::from_files(
@@ -97,7 +94,7 @@ impl PromptService {
                     "embedder",
                     url,
                     Duration::from_secs(30),
-                    peer_key,
+                    access,
                 )?)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             ),
@@ -459,7 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_requests_are_rejected_before_any_llm_call() {
-        let (service, _) = PromptService::new(PromptConfig::default(), None).unwrap();
+        let (service, _) = PromptService::new(PromptConfig::default(), &Access::open()).unwrap();
         assert!(error(&service, input(&[], &["A"])).await.contains("texts"));
         assert!(error(&service, input(&["  "], &["A"]))
             .await
@@ -509,19 +506,28 @@ mod tests {
             backend: "gpt".into(),
             ..PromptConfig::default()
         };
-        let err = PromptService::new(config, None).err().unwrap().to_string();
+        let err = PromptService::new(config, &Access::open())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("unknown --llm-backend"), "{err}");
         let config = PromptConfig {
             backend: "openai".into(),
             ..PromptConfig::default()
         };
-        let err = PromptService::new(config, None).err().unwrap().to_string();
+        let err = PromptService::new(config, &Access::open())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("--llm-model"), "{err}");
         let config = PromptConfig {
             zero_shot_template: Some("/nonexistent/template.txt".into()),
             ..PromptConfig::default()
         };
-        let err = PromptService::new(config, None).err().unwrap().to_string();
+        let err = PromptService::new(config, &Access::open())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("cannot read template"), "{err}");
     }
 }

@@ -65,7 +65,8 @@ pub struct RetrieverConfig {
     #[arg(
         id = "database-url",
         long = "database-url",
-        env = "LEXTRAL_DATABASE_URL"
+        env = "LEXTRAL_DATABASE_URL",
+        hide_env_values = true
     )]
     pub database_url: Option<String>,
 

@@ -2,10 +2,11 @@
 //! stack with N concurrent clients, over REST and gRPC, per strategy, and the
 //! memory each service reports.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -49,6 +50,14 @@ pub struct LoadArgs {
     /// Untimed requests per client before each measurement.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Run each level for this many seconds instead of a request count
+    /// (overload and soak runs).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// A request without an answer after this many seconds counts as a
+    /// time-out.
+    #[arg(long = "timeout-s", default_value_t = 30.0)]
+    timeout_s: f64,
     /// Orchestrator gRPC URL.
     #[arg(long, env = "LEXTRAL_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
@@ -86,6 +95,22 @@ struct LevelReport {
     p50_ms: f64,
     p95_ms: f64,
     p99_ms: f64,
+    /// Answers per status: HTTP codes over REST, gRPC code names over
+    /// gRPC, `timeout` and `transport` for no answer.
+    statuses: BTreeMap<String, usize>,
+    /// Refused answers (429 / RESOURCE_EXHAUSTED) and their p99 latency.
+    refused: usize,
+    refused_p99_ms: f64,
+}
+
+/// What one request got back.
+enum Answer {
+    /// A classification.
+    Ok,
+    /// Refused for load or quota (429 / RESOURCE_EXHAUSTED).
+    Refused(String),
+    /// Any other failure status.
+    Failed(String),
 }
 
 #[derive(Serialize)]
@@ -139,9 +164,9 @@ impl Caller {
         })
     }
 
-    /// Classifies one clause; an error names what the server answered.
-    async fn classify(&mut self, strategy: &str, text: &str) -> anyhow::Result<()> {
-        match self {
+    /// Classifies one clause; an error is a failure to get any answer.
+    async fn classify(&mut self, strategy: &str, text: &str) -> anyhow::Result<Answer> {
+        Ok(match self {
             Self::Rest { http, url } => {
                 let response = http
                     .post(url.as_str())
@@ -151,29 +176,36 @@ impl Caller {
                     .with_context(|| format!("cannot reach {url}"))?;
                 let status = response.status();
                 let body = response.bytes().await?;
-                if !status.is_success() {
-                    bail!(
-                        "{url} answered {status}: {}",
+                if status.is_success() {
+                    Answer::Ok
+                } else if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    Answer::Refused(status.as_u16().to_string())
+                } else {
+                    Answer::Failed(format!(
+                        "{} {}",
+                        status.as_u16(),
                         String::from_utf8_lossy(&body)
-                    );
+                    ))
                 }
             }
             Self::Grpc(client) => {
-                let response = client
-                    .classify(ClassifyRequest {
-                        texts: vec![text.to_owned()],
-                        strategy: parse_strategy(strategy).map_err(anyhow::Error::msg)? as i32,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|status| anyhow::anyhow!("gRPC classify: {}", status.message()))?;
-                anyhow::ensure!(
-                    response.into_inner().results.len() == 1,
-                    "gRPC classify returned no result"
-                );
+                let request = ClassifyRequest {
+                    texts: vec![text.to_owned()],
+                    strategy: parse_strategy(strategy).map_err(anyhow::Error::msg)? as i32,
+                    ..Default::default()
+                };
+                match client.classify(request).await {
+                    Ok(response) if response.get_ref().results.len() == 1 => Answer::Ok,
+                    Ok(_) => Answer::Failed("Ok without a result".to_owned()),
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                        Answer::Refused(format!("{:?}", status.code()))
+                    }
+                    Err(status) => {
+                        Answer::Failed(format!("{:?} {}", status.code(), status.message()))
+                    }
+                }
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -282,8 +314,11 @@ fn print_level(level: &LevelReport) {
         level.p50_ms,
         level.p95_ms,
         level.p99_ms,
-        if level.errors > 0 {
-            format!(", {} errors", level.errors)
+        if level.errors > 0 || level.refused > 0 {
+            format!(
+                ", {} refused (p99 {:.1} ms), {} errors; answers {:?}",
+                level.refused, level.refused_p99_ms, level.errors, level.statuses
+            )
         } else {
             String::new()
         }
@@ -299,11 +334,19 @@ async fn measure(
     concurrency: usize,
     texts: &Arc<Vec<String>>,
 ) -> anyhow::Result<LevelReport> {
-    let requests = args.requests.max(10 * concurrency);
+    let requests = match args.duration {
+        Some(_) => usize::MAX,
+        None => args.requests.max(10 * concurrency),
+    };
+    let until = args
+        .duration
+        .map(|seconds| Duration::from_secs_f64(seconds.max(0.1)));
+    let timeout = Duration::from_secs_f64(args.timeout_s.max(0.001));
     let mut callers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let mut caller = Caller::new(protocol, args).await?;
         for i in 0..args.warmup {
+            // Warm-up answers are not counted; a refusal is fine, no answer is not.
             caller
                 .classify(strategy, &texts[i % texts.len()])
                 .await
@@ -321,30 +364,70 @@ async fn measure(
             let strategy = strategy.to_owned();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut refused = Vec::new();
                 let mut errors = Vec::new();
+                let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= requests {
+                    if i >= requests || until.is_some_and(|d| started.elapsed() >= d) {
                         break;
                     }
                     let sent = Instant::now();
-                    match caller.classify(&strategy, &texts[i % texts.len()]).await {
-                        Ok(()) => latencies.push(sent.elapsed().as_secs_f64() * 1000.0),
-                        Err(err) => errors.push(err),
-                    }
+                    let answer = tokio::time::timeout(
+                        timeout,
+                        caller.classify(&strategy, &texts[i % texts.len()]),
+                    )
+                    .await;
+                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    let status = match answer {
+                        Ok(Ok(Answer::Ok)) => {
+                            latencies.push(ms);
+                            if protocol == Protocol::Rest {
+                                "200"
+                            } else {
+                                "Ok"
+                            }
+                            .to_owned()
+                        }
+                        Ok(Ok(Answer::Refused(code))) => {
+                            refused.push(ms);
+                            code
+                        }
+                        Ok(Ok(Answer::Failed(what))) => {
+                            let code = what.split(' ').next().unwrap_or_default().to_owned();
+                            errors.push(anyhow::anyhow!("{what}"));
+                            code
+                        }
+                        Ok(Err(err)) => {
+                            errors.push(err);
+                            "transport".to_owned()
+                        }
+                        Err(_) => {
+                            errors.push(anyhow::anyhow!("no answer within {timeout:?}"));
+                            "timeout".to_owned()
+                        }
+                    };
+                    *statuses.entry(status).or_default() += 1;
                 }
-                (latencies, errors)
+                (latencies, refused, errors, statuses)
             })
         })
         .collect();
-    let mut latencies = Vec::with_capacity(requests);
+    let mut latencies = Vec::new();
+    let mut refused = Vec::new();
     let mut errors = Vec::new();
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     for task in tasks {
-        let (l, e) = task.await?;
+        let (l, r, e, s) = task.await?;
         latencies.extend(l);
+        refused.extend(r);
         errors.extend(e);
+        for (status, count) in s {
+            *statuses.entry(status).or_default() += count;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
+    refused.sort_by(f64::total_cmp);
     if latencies.is_empty() {
         let first = errors
             .into_iter()
@@ -364,6 +447,13 @@ async fn measure(
         p50_ms: percentile(&latencies, 50.0),
         p95_ms: percentile(&latencies, 95.0),
         p99_ms: percentile(&latencies, 99.0),
+        statuses,
+        refused: refused.len(),
+        refused_p99_ms: if refused.is_empty() {
+            0.0
+        } else {
+            percentile(&refused, 99.0)
+        },
     })
 }
 

@@ -57,7 +57,7 @@ pub struct RetrieverArgs {
     /// PostgreSQL server (with pgvector), for `--store postgres`. The
     /// benchmark works in its own database on that server
     /// (`--bench-database`), never in the one named by the URL.
-    #[arg(long, env = "LEXTRAL_DATABASE_URL")]
+    #[arg(long, env = "LEXTRAL_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Directory of the embedded store, for `--store embedded`; emptied
     /// first [default: ~/.cache/lextral/bench/embedded-store].
