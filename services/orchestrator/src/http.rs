@@ -32,16 +32,73 @@ use crate::error::OrchestratorError;
 use crate::orchestrator::Orchestrator;
 use crate::plan::{ClassifyInput, KnnInput, VoteKind};
 
+/// A clause: not blank, at most `--max-text-bytes` (100,000 bytes by
+/// default; the schema's limit counts characters, exact for ASCII).
+pub struct ClauseText;
+
+impl utoipa::PartialSchema for ClauseText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(100_000))
+            .pattern(Some("\\S"))
+            .description(Some("A clause, not blank"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ClauseText {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ClauseText".into()
+    }
+}
+
+/// The strategies.
+#[derive(ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code)] // a schema only
+pub enum StrategyName {
+    /// The labelled neighbours vote.
+    Knn,
+    /// The trained classifier.
+    Finetuned,
+    /// Fine-tuned, falling back to kNN when unsure.
+    Cascade,
+    /// An LLM shown the nearest labelled clauses.
+    Rag,
+    /// An LLM shown the label list.
+    ZeroShot,
+}
+
+/// The kNN votes.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // a schema only
+pub enum VoteName {
+    /// Similarity to a power.
+    Weighted,
+    /// Softmax over similarities.
+    Softmax,
+    /// One neighbour, one vote.
+    Majority,
+}
+
 /// A classify request.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyBody {
-    /// Clauses to classify, at least one, none empty.
-    #[schema(example = json!(["This Agreement shall be governed by the laws of the State of New York."]))]
+    /// Clauses to classify: 1 to `--max-texts` (default 256), none blank.
+    #[schema(
+        value_type = Vec<ClauseText>,
+        min_items = 1,
+        max_items = 256,
+        example = json!(["This Agreement shall be governed by the laws of the State of New York."])
+    )]
     pub texts: Vec<String>,
     /// One of knn, finetuned, cascade, rag, zero-shot. Default knn.
     #[serde(default = "default_strategy")]
-    #[schema(example = "knn")]
+    #[schema(value_type = StrategyName, example = "knn")]
     pub strategy: String,
     /// Strategy options; absent fields take the server's defaults.
     #[serde(default)]
@@ -56,28 +113,92 @@ fn default_strategy() -> String {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyOptions {
-    /// kNN / RAG: neighbours to retrieve, 1..=100.
+    /// kNN: neighbours to retrieve, 1..=100; RAG: examples, 1..=32.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "integer")]
     pub k: Option<u32>,
     /// kNN: weighted, softmax or majority.
+    #[schema(value_type = Option<VoteName>)]
     pub vote: Option<String>,
     /// kNN weighted vote exponent.
+    #[schema(minimum = 0.001, maximum = 1000.0)]
+    #[serde(default, deserialize_with = "float")]
     pub power: Option<f32>,
     /// kNN softmax temperature.
+    #[schema(minimum = 0.0001, maximum = 100.0)]
+    #[serde(default, deserialize_with = "float")]
     pub temperature: Option<f32>,
     /// kNN: neighbours below this cosine similarity do not vote.
+    #[schema(minimum = -1.0, maximum = 1.0)]
+    #[serde(default, deserialize_with = "float")]
     pub min_similarity: Option<f32>,
     /// kNN: abstain below this vote share.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    #[serde(default, deserialize_with = "float")]
     pub min_confidence: Option<f32>,
-    /// kNN: HNSW search breadth.
+    /// kNN: HNSW search breadth, 1..=1000.
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "integer")]
     pub ef_search: Option<u32>,
     /// kNN: only neighbours from these splits vote.
     pub splits: Option<Vec<String>>,
-    /// Fine-tuned: alternatives to return.
+    /// Fine-tuned: alternatives to return, 1..=1000.
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "integer")]
     pub top_k: Option<u32>,
-    /// Prompt strategies: cap on generated tokens.
+    /// Prompt strategies: cap on generated tokens, 1 to 4096 here, and at
+    /// most the prompt classifier's `--llm-max-output-tokens-limit` (256 by
+    /// default).
+    #[schema(minimum = 1, maximum = 4096)]
+    #[serde(default, deserialize_with = "integer")]
     pub max_output_tokens: Option<u32>,
     /// Cascade: below this fine-tuned probability, fall back.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    #[serde(default, deserialize_with = "float")]
     pub cascade_min_confidence: Option<f32>,
+}
+
+/// An optional u32 written as JSON Schema's integer: `94` or `94.0`.
+fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let value = match (number.as_u64(), number.as_f64()) {
+        (Some(whole), _) => Some(whole),
+        (None, Some(float))
+            if float.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&float) =>
+        {
+            Some(float as u64)
+        }
+        _ => None,
+    };
+    value
+        .and_then(|v| u32::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "expected a whole number in 0..={}, got {number}",
+                u32::MAX
+            ))
+        })
+}
+
+/// An optional f32 from a JSON number; a nonzero value too small for an
+/// f32 is refused rather than read as 0 (which could pass a range check
+/// the number itself fails, e.g. `-1e-100` against a minimum of 0).
+fn float<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f32>, D::Error> {
+    use serde::de::Error;
+    let Some(value) = Option::<f64>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let narrow = value as f32;
+    if !narrow.is_finite() || (narrow == 0.0 && value != 0.0) {
+        return Err(D::Error::custom(format!(
+            "{value} is out of range for a 32-bit float"
+        )));
+    }
+    Ok(Some(narrow))
 }
 
 /// A label with its score.
@@ -405,12 +526,18 @@ pub fn reply_body(response: ClassifyResponse) -> ClassifyReply {
     responses(
         (status = 200, description = "One result per text", body = ClassifyReply),
         (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key's scope does not allow this", body = ErrorBody),
+        (status = 409, description = "Not possible in this state (e.g. no model loaded)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Overloaded", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 429, description = "Overloaded or over quota (see Retry-After)", body = ErrorBody),
+        (status = 500, description = "Server fault", body = ErrorBody),
         (status = 501, description = "Strategy not available", body = ErrorBody),
         (status = 503, description = "A dependency is down", body = ErrorBody),
         (status = 504, description = "Deadline exceeded", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 async fn classify(
     State(orchestrator): State<Arc<Orchestrator>>,
@@ -438,8 +565,12 @@ async fn classify(
     path = "/v1/labels",
     responses(
         (status = 200, description = "Labels with counts", body = LabelsReply),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key's scope does not allow this", body = ErrorBody),
+        (status = 429, description = "Overloaded or over quota (see Retry-After)", body = ErrorBody),
         (status = 503, description = "The retriever is down", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 async fn labels(
     State(orchestrator): State<Arc<Orchestrator>>,
@@ -465,7 +596,13 @@ async fn labels(
 #[utoipa::path(
     get,
     path = "/v1/info",
-    responses((status = 200, description = "The stack", body = Object))
+    responses(
+        (status = 200, description = "The stack", body = Object),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key's scope does not allow this", body = ErrorBody),
+        (status = 429, description = "Overloaded or over quota (see Retry-After)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
 )]
 async fn info(State(orchestrator): State<Arc<Orchestrator>>) -> Json<serde_json::Value> {
     Json(crate::info::to_json(orchestrator.info().await))
@@ -524,7 +661,11 @@ async fn readyz(State(orchestrator): State<Arc<Orchestrator>>) -> (StatusCode, J
         description = "Contract-clause classification: kNN over labelled clauses, fine-tuned classifiers and LLM prompting behind one API."
     ),
     paths(classify, labels, info, healthz, readyz),
+    modifiers(&BearerAuth),
     components(schemas(
+        ClauseText,
+        StrategyName,
+        VoteName,
         ClassifyBody,
         ClassifyOptions,
         ClassifyReply,
@@ -540,6 +681,27 @@ async fn readyz(State(orchestrator): State<Arc<Orchestrator>>) -> (StatusCode, J
     ))
 )]
 struct ApiDoc;
+
+/// Declares the `bearer` scheme the `/v1/` paths name (`lextral keys create`).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key from `lextral keys create`, needed when the server runs with --keys-file",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The OpenAPI document of the gateway.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -615,7 +777,19 @@ pub fn app(orchestrator: Arc<Orchestrator>) -> Router {
     let body_limit = orchestrator.config().http_body_limit;
     // Checked when the orchestrator was built (Orchestrator::with_access).
     let cors = cors(&orchestrator.config().cors_allow_origin).unwrap_or_default();
-    let spec = openapi();
+    let mut spec = openapi();
+    if !orchestrator.access().requires_keys() {
+        // Served without keys: say so, or clients (and schemathesis) would
+        // expect 401s this server never sends.
+        for item in spec.paths.paths.values_mut() {
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                operation.security = None;
+            }
+        }
+        if let Some(components) = spec.components.as_mut() {
+            components.security_schemes.clear();
+        }
+    }
     let router = Router::new()
         .route(
             "/",

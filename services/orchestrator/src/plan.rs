@@ -18,6 +18,16 @@ pub use lextral_proto::MAX_SEARCH_K as MAX_K;
 
 /// Largest number of RAG examples per clause.
 pub const MAX_RAG_K: u32 = 32;
+/// The ceiling on `max_output_tokens` at the gateway; the prompt
+/// classifier's own `--llm-max-output-tokens-limit` (256 by default) is lower.
+pub const MAX_OUTPUT_TOKENS: u32 = 4096;
+/// Alternatives a fine-tuned answer may list (label sets are smaller).
+pub const MAX_TOP_K: u32 = 1000;
+/// Weighted-vote exponents accepted: below it every neighbour weighs the
+/// same (and tiny values underflow to 0 in f32), above it only the first.
+pub const POWER_RANGE: std::ops::RangeInclusive<f32> = 0.001..=1000.0;
+/// Softmax temperatures accepted, for the same reasons.
+pub const TEMPERATURE_RANGE: std::ops::RangeInclusive<f32> = 0.0001..=100.0;
 
 /// A vote method by name, before its parameters are known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,19 +194,40 @@ impl KnnInput {
         if k == 0 || k > MAX_K {
             return bad(format!("k must be in 1..={MAX_K}, got {k}"));
         }
+        // Both are checked when given, whichever vote uses them.
+        if let Some(power) = self.power.filter(|p| !POWER_RANGE.contains(p)) {
+            return bad(format!(
+                "power must be a positive number in [{}, {}], got {power}",
+                POWER_RANGE.start(),
+                POWER_RANGE.end()
+            ));
+        }
+        if let Some(temperature) = self.temperature.filter(|t| !TEMPERATURE_RANGE.contains(t)) {
+            return bad(format!(
+                "temperature must be a positive number in [{}, {}], got {temperature}",
+                TEMPERATURE_RANGE.start(),
+                TEMPERATURE_RANGE.end()
+            ));
+        }
         let vote = match self.vote.unwrap_or(default_vote) {
             VoteKind::Weighted => {
                 let power = self.power.unwrap_or(config.knn_power);
-                if !(power.is_finite() && power > 0.0) {
-                    return bad(format!("power must be a positive number, got {power}"));
+                if !(POWER_RANGE.contains(&power)) {
+                    return bad(format!(
+                        "power must be a positive number in [{}, {}], got {power}",
+                        POWER_RANGE.start(),
+                        POWER_RANGE.end()
+                    ));
                 }
                 Vote::Weighted { power }
             }
             VoteKind::Softmax => {
                 let temperature = self.temperature.unwrap_or(config.knn_temperature);
-                if !(temperature.is_finite() && temperature > 0.0) {
+                if !(TEMPERATURE_RANGE.contains(&temperature)) {
                     return bad(format!(
-                        "temperature must be a positive number, got {temperature}"
+                        "temperature must be a positive number in [{}, {}], got {temperature}",
+                        TEMPERATURE_RANGE.start(),
+                        TEMPERATURE_RANGE.end()
                     ));
                 }
                 Vote::Softmax { temperature }
@@ -235,12 +266,22 @@ fn check_top_k(top_k: Option<u32>) -> Result<Option<u32>, OrchestratorError> {
     if top_k == Some(0) {
         return bad("finetuned.top_k must be at least 1".into());
     }
+    if let Some(top_k) = top_k.filter(|&k| k > MAX_TOP_K) {
+        return bad(format!(
+            "finetuned.top_k must be at most {MAX_TOP_K}, got {top_k}"
+        ));
+    }
     Ok(top_k)
 }
 
 fn check_max_output_tokens(tokens: Option<u32>) -> Result<Option<u32>, OrchestratorError> {
     if tokens == Some(0) {
         return bad("max_output_tokens must be at least 1".into());
+    }
+    if let Some(tokens) = tokens.filter(|&t| t > MAX_OUTPUT_TOKENS) {
+        return bad(format!(
+            "max_output_tokens must be at most {MAX_OUTPUT_TOKENS}, got {tokens}"
+        ));
     }
     Ok(tokens)
 }
@@ -262,35 +303,32 @@ impl ClassifyPlan {
             max_output_tokens,
         } = input;
         text_limits(config).check(&texts)?;
+        if strategy == Strategy::Unspecified {
+            return bad("strategy must be set (knn, finetuned, cascade, rag, zero-shot)".into());
+        }
+        // Every option given is checked, whichever strategy reads it: a bad
+        // value is a mistake even where it would be ignored.
+        let knn = knn.resolve(config, default_vote)?;
+        let top_k = check_top_k(top_k)?;
+        let max_output_tokens = check_max_output_tokens(max_output_tokens)?;
+        let min_confidence = cascade_min_confidence.unwrap_or(config.cascade_min_confidence);
+        if !(0.0..=1.0).contains(&min_confidence) {
+            return bad(format!(
+                "cascade.min_confidence must be within [0, 1], got {min_confidence}"
+            ));
+        }
         let strategy = match strategy {
-            Strategy::Unspecified => {
-                return bad("strategy must be set (knn, finetuned, cascade, rag, zero-shot)".into())
-            }
-            Strategy::Knn => StrategyPlan::Knn(knn.resolve(config, default_vote)?),
-            Strategy::Finetuned => StrategyPlan::Finetuned {
-                top_k: check_top_k(top_k)?,
+            Strategy::Unspecified => unreachable!("refused above"),
+            Strategy::Knn => StrategyPlan::Knn(knn),
+            Strategy::Finetuned => StrategyPlan::Finetuned { top_k },
+            Strategy::Cascade => StrategyPlan::Cascade {
+                top_k,
+                min_confidence,
+                knn,
             },
-            Strategy::Cascade => {
-                let knn = knn.resolve(config, default_vote)?;
-                let min_confidence =
-                    cascade_min_confidence.unwrap_or(config.cascade_min_confidence);
-                if !(0.0..=1.0).contains(&min_confidence) {
-                    return bad(format!(
-                        "cascade.min_confidence must be within [0, 1], got {min_confidence}"
-                    ));
-                }
-                StrategyPlan::Cascade {
-                    top_k: check_top_k(top_k)?,
-                    min_confidence,
-                    knn,
-                }
-            }
-            Strategy::ZeroShot => StrategyPlan::ZeroShot {
-                max_output_tokens: check_max_output_tokens(max_output_tokens)?,
-            },
+            Strategy::ZeroShot => StrategyPlan::ZeroShot { max_output_tokens },
             Strategy::Rag => {
-                let retrieval = knn.resolve(config, default_vote)?;
-                let max_output_tokens = check_max_output_tokens(max_output_tokens)?;
+                let retrieval = knn;
                 let k = rag_k.unwrap_or(config.rag_k);
                 if k == 0 || k > MAX_RAG_K {
                     return bad(format!("RAG k must be in 1..={MAX_RAG_K}, got {k}"));

@@ -31,8 +31,13 @@ impl Vote {
     fn weight(self, similarity: f32, best_similarity: f32) -> f64 {
         match self {
             // Negative similarities carry no evidence; a tiny floor keeps a
-            // vote possible when every neighbour is that far away.
-            Vote::Weighted { power } => f64::from(similarity.max(1e-6)).powf(f64::from(power)),
+            // vote possible when every neighbour is that far away. Relative
+            // to the best, so the best weighs 1 and a high power cannot
+            // underflow every weight to 0 (shares are scale-free).
+            Vote::Weighted { power } => {
+                let best = f64::from(best_similarity.max(1e-6));
+                (f64::from(similarity.max(1e-6)) / best).powf(f64::from(power))
+            }
             // Shifting by the best similarity avoids overflow at low temperatures.
             Vote::Softmax { temperature } => {
                 (f64::from(similarity - best_similarity) / f64::from(temperature.max(1e-6))).exp()
@@ -101,6 +106,18 @@ pub fn vote(neighbors: &[(&str, f32)], method: Vote, min_confidence: f32) -> Vot
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_power_still_gives_shares_not_nan() {
+        let outcome = vote(
+            &[("A", 0.3), ("B", 0.2)],
+            Vote::Weighted { power: 760.0 },
+            0.0,
+        );
+        assert_eq!(outcome.label.as_deref(), Some("A"));
+        assert!(outcome.ranking.iter().all(|(_, share)| share.is_finite()));
+        assert!((outcome.confidence - 1.0).abs() < 1e-6);
+    }
 
     const NEIGHBOURS: [(&str, f32); 4] = [
         ("Notices", 0.9),
