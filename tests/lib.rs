@@ -95,6 +95,40 @@ pub fn free_port() -> u16 {
 /// pass or fail.
 pub struct KillOnDrop(pub std::process::Child);
 
+impl KillOnDrop {
+    /// Waits until GET `url` answers 200 through `client`; panics (with
+    /// `log`'s contents when given) if the process exits first or `limit`
+    /// passes.
+    pub async fn wait_ready(
+        &mut self,
+        client: &reqwest::Client,
+        url: &str,
+        limit: Duration,
+        log: Option<&Path>,
+    ) {
+        let started = std::time::Instant::now();
+        let log = || {
+            log.and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default()
+        };
+        loop {
+            if let Ok(response) = client.get(url).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self.0.try_wait().unwrap() {
+                panic!(
+                    "the server exited ({status}) before {url} was ready:\n{}",
+                    log()
+                );
+            }
+            assert!(started.elapsed() < limit, "{url} never ready:\n{}", log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -140,17 +140,14 @@ async fn serve_all_with_keys_end_to_end() {
         .unwrap();
     let mut server = KillOnDrop(child);
     let base = format!("http://127.0.0.1:{http}");
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = reqwest::get(format!("{base}/healthz")).await {
-            if response.status() == 200 {
-                break;
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "never up");
-        assert!(server.0.try_wait().unwrap().is_none(), "exited early");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server
+        .wait_ready(
+            &reqwest::Client::new(),
+            &format!("{base}/healthz"),
+            Duration::from_secs(60),
+            Some(&log),
+        )
+        .await;
 
     let data = tempfile::tempdir().unwrap();
     let train = ledgar("train", 40);
@@ -271,17 +268,14 @@ async fn serve_all_over_tls_end_to_end() {
         .build()
         .unwrap();
     let base = format!("https://localhost:{http}");
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = https.get(format!("{base}/readyz")).send().await {
-            if response.status() == 200 {
-                break;
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
-        assert!(server.0.try_wait().unwrap().is_none(), "exited early");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    server
+        .wait_ready(
+            &https,
+            &format!("{base}/readyz"),
+            Duration::from_secs(60),
+            None,
+        )
+        .await;
     assert!(
         reqwest::get(format!("http://127.0.0.1:{http}/healthz"))
             .await

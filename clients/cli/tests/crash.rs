@@ -55,23 +55,14 @@ async fn start(store: &[String], log: &std::path::Path, home: &std::path::Path) 
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(child);
-    let ready = format!("http://127.0.0.1:{http}/readyz");
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = reqwest::get(&ready).await {
-            if response.status() == 200 {
-                break;
-            }
-        }
-        if let Some(status) = child.0.try_wait().unwrap() {
-            panic!(
-                "serve all exited ({status}) before it was ready:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    child
+        .wait_ready(
+            &reqwest::Client::new(),
+            &format!("http://127.0.0.1:{http}/readyz"),
+            Duration::from_secs(60),
+            Some(log),
+        )
+        .await;
     Server {
         child,
         grpc: format!("http://127.0.0.1:{grpc}"),
