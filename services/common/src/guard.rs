@@ -75,7 +75,8 @@ fn count_refusal(err: &AuthError) {
     metrics::counter!("lextral_auth_refused_total", "reason" => reason).increment(1);
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// The message a panic carried (its `&str` or `String` payload).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

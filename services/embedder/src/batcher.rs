@@ -141,11 +141,7 @@ fn pass(
     match outcome {
         Ok(result) => Some(result),
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = lextral_common::guard::panic_message(&*panic);
             tracing::error!(panic = %message, texts = texts.len(), "embedding pass panicked");
             metrics::counter!("lextral_panics_total").increment(1);
             None
