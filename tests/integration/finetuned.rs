@@ -5,13 +5,14 @@ use std::path::Path;
 
 use lextral_finetuned_classifier::{Classifier, Method};
 use lextral_integration_tests::{
-    fresh_database, ledgar, model_dir, post_classify as classify, start_stack_with_model, Stack,
+    fresh_database, ledgar, ledgar_items, model_dir, post_classify as classify,
+    start_stack_with_model, Stack,
 };
 use lextral_proto::v1::finetuned_classifier_service_client::FinetunedClassifierServiceClient;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::{
     FinetunedClassifierServiceClassifyRequest, FinetunedClassifierServiceInfoRequest,
-    IngestRequest, LabeledText, ReloadRequest,
+    IngestRequest, ReloadRequest,
 };
 use lextral_training::{TrainData, TrainOptions};
 use serde_json::{json, Value};
@@ -31,6 +32,39 @@ fn data(train_limit: usize, validation_limit: usize) -> TrainData {
             .iter()
             .map(|(t, l)| (t.clone(), index(l)))
             .collect(),
+        labels: labels.clone(),
+        data_sha256: "test".into(),
+    }
+}
+
+/// [`data`] without the clauses of one label (a model that cannot produce it).
+fn data_without(train_limit: usize, validation_limit: usize, label: &str) -> TrainData {
+    let full = data(train_limit, validation_limit);
+    let keep = |rows: &[(String, usize)]| -> Vec<(String, String)> {
+        rows.iter()
+            .map(|(t, i)| (t.clone(), full.labels[*i].clone()))
+            .filter(|(_, l)| l != label)
+            .collect()
+    };
+    let (train, validation) = (keep(&full.train), keep(&full.validation));
+    let mut labels: Vec<String> = train
+        .iter()
+        .chain(&validation)
+        .map(|(_, l)| l.clone())
+        .collect();
+    labels.sort();
+    labels.dedup();
+    let index = |rows: Vec<(String, String)>| -> Vec<(String, usize)> {
+        rows.into_iter()
+            .map(|(t, l)| {
+                let i = labels.iter().position(|x| *x == l).unwrap();
+                (t, i)
+            })
+            .collect()
+    };
+    TrainData {
+        train: index(train),
+        validation: index(validation),
         labels: labels.clone(),
         data_sha256: "test".into(),
     }
@@ -129,14 +163,7 @@ async fn trained_model_serves_finetuned_and_cascade_and_reloads() {
     let mut orchestrator = OrchestratorServiceClient::connect(Stack::url(stack.orchestrator))
         .await
         .unwrap();
-    let items: Vec<LabeledText> = ledgar("train", 30)
-        .into_iter()
-        .map(|(text, label)| LabeledText {
-            text,
-            label,
-            split: "train".into(),
-        })
-        .collect();
+    let items = ledgar_items("train", 30);
     orchestrator.ingest(IngestRequest { items }).await.unwrap();
     for (threshold, expected) in [(1.0, "knn"), (0.0, "finetuned")] {
         let (_, reply) = classify(
@@ -205,6 +232,26 @@ async fn trained_model_serves_finetuned_and_cascade_and_reloads() {
         .unwrap()
         .into_inner();
     assert_eq!(still.results[0].label, answer.results[0].label);
+
+    // A model trained on fewer labels than the index holds is refused at
+    // Reload (cascade would mix label sets); the old model keeps serving.
+    let dropped = ledgar("train", 1)[0].1.clone();
+    let narrow = data_without(200, 50, &dropped);
+    assert!(!narrow.labels.contains(&dropped));
+    train(&narrow, Method::Lexical, &model).await;
+    let status = finetuned.reload(ReloadRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status.message().contains("do not cover the index"),
+        "{}",
+        status.message()
+    );
+    let info = finetuned
+        .info(FinetunedClassifierServiceInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.method, "head");
     let empty = finetuned
         .classify(FinetunedClassifierServiceClassifyRequest {
             texts: vec![],
@@ -311,4 +358,52 @@ async fn finetune_and_hybrid_methods_train_and_load() {
     assert!(candidates.keys().any(|k| k.starts_with("lexical C=")));
     assert!(candidates.keys().any(|k| k.starts_with("head hidden=")));
     Classifier::load(&out).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascade_answers_by_knn_while_the_finetuned_classifier_is_unavailable() {
+    let database = fresh_database().await;
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        lextral_integration_tests::free_port()
+    );
+    let stack = start_stack_with_model(&database, None, |config| {
+        config.finetuned_url = dead;
+    })
+    .await;
+    let mut orchestrator = OrchestratorServiceClient::connect(Stack::url(stack.orchestrator))
+        .await
+        .unwrap();
+    let items = ledgar_items("train", 30);
+    orchestrator.ingest(IngestRequest { items }).await.unwrap();
+    let clauses = ledgar("validation", 2);
+    let (status, reply) = classify(
+        &stack,
+        json!({"texts": [clauses[0].0, clauses[1].0], "strategy": "cascade"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["strategy"], "cascade");
+    let degraded = reply["degraded"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"));
+    assert!(
+        degraded.contains("knn") && degraded.contains("finetuned"),
+        "{degraded}"
+    );
+    for result in reply["results"].as_array().unwrap() {
+        assert_eq!(result["answered_by"], "knn", "{reply}");
+    }
+    // The fine-tuned strategy itself says the dependency is down.
+    let (status, body) = classify(
+        &stack,
+        json!({"texts": [clauses[0].0], "strategy": "finetuned"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    // A healthy answer carries no `degraded`.
+    let (status, reply) =
+        classify(&stack, json!({"texts": [clauses[0].0], "strategy": "knn"})).await;
+    assert_eq!(status, 200);
+    assert!(reply.get("degraded").is_none(), "{reply}");
 }

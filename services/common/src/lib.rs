@@ -5,7 +5,10 @@
 #[cfg(feature = "service")]
 pub mod access;
 #[cfg(feature = "service")]
+pub mod admission;
+#[cfg(feature = "service")]
 pub mod auth;
+pub mod breaker;
 #[cfg(feature = "service")]
 pub mod client;
 pub mod error;
@@ -30,6 +33,7 @@ pub mod tls;
 
 #[cfg(feature = "service")]
 pub use access::{Access, AccessConfig};
+pub use breaker::{Breaker, BreakerPolicy, CircuitOpen};
 #[cfg(feature = "service")]
 pub use client::{lazy_channel, PeerChannel, MAX_MESSAGE_BYTES};
 #[cfg(feature = "service")]

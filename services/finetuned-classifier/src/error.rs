@@ -22,6 +22,9 @@ pub enum FinetunedError {
     /// The remote (Mistral) classifier failed.
     #[error(transparent)]
     Remote(#[from] crate::mistral::MistralError),
+    /// The model cannot produce labels the index holds (another label set).
+    #[error("the fine-tuned model's labels do not cover the index: {count} indexed label(s) unknown to it (first: {first:?}); train it on the same label set or point LEXTRAL_FINETUNED_MODEL elsewhere")]
+    LabelsUncovered { count: usize, first: String },
     /// Internal failure.
     #[error("{0}")]
     Internal(String),
@@ -31,7 +34,7 @@ impl ServiceError for FinetunedError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {
             Self::BadRequest(_) => ServiceErrorCode::BadRequest,
-            Self::NoModel(_) => ServiceErrorCode::FailedPrecondition,
+            Self::NoModel(_) | Self::LabelsUncovered { .. } => ServiceErrorCode::FailedPrecondition,
             Self::Model(ModelError::BadInput(_)) => ServiceErrorCode::BadRequest,
             Self::Model(ModelError::Inference(_)) => ServiceErrorCode::Internal,
             Self::Model(ModelError::Missing { .. } | ModelError::Corrupt { .. }) => {
@@ -53,6 +56,7 @@ impl ServiceError for FinetunedError {
                     } => ServiceErrorCode::BadRequest,
                     MistralError::Api { .. }
                     | MistralError::Transport(_)
+                    | MistralError::CircuitOpen(_)
                     | MistralError::Protocol(_) => ServiceErrorCode::Unavailable,
                 }
             }

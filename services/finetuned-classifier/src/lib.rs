@@ -31,7 +31,7 @@ pub use model::{
     ENCODER_DIR, FORMAT, MANIFEST_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
 };
 pub use scoring::{argmax, log_softmax_in_place, F1Scores};
-pub use service::FinetunedService;
+pub use service::{retriever_labels, FinetunedService, IndexLabels};
 pub use tfidf::{Analyzer, Block, BlockConfig, SparseRow, Vectorizer};
 
 /// Adds the service to `routes`. A configured model that fails to load is a
@@ -41,11 +41,25 @@ pub async fn add_to(
     config: &FinetunedConfig,
     routes: &mut GrpcRoutes,
 ) -> anyhow::Result<Arc<FinetunedService>> {
+    add_to_checked(config, routes, None).await
+}
+
+/// [`add_to`], checking every model loaded against `index_labels` (the
+/// store of the same process) instead of the configured retriever.
+pub async fn add_to_checked(
+    config: &FinetunedConfig,
+    routes: &mut GrpcRoutes,
+    index_labels: Option<IndexLabels>,
+) -> anyhow::Result<Arc<FinetunedService>> {
     let health = routes.health();
     health
         .set_not_serving::<FinetunedClassifierServiceServer<FinetunedGrpc>>()
         .await;
-    let service = Arc::new(FinetunedService::new(config.clone(), routes.access())?);
+    let mut service = FinetunedService::new(config.clone(), routes.access())?;
+    if let Some(labels) = index_labels {
+        service.check_labels_against(labels);
+    }
+    let service = Arc::new(service);
     if let Some(remote) = service.remote_model() {
         tracing::info!(model = remote, url = %config.mistral_url, "serving a Mistral fine-tuned classifier");
         health

@@ -34,6 +34,9 @@ pub enum MistralError {
         /// Its message.
         message: String,
     },
+    /// The API failed so often that calls to it are paused.
+    #[error("Mistral API unavailable: {0}")]
+    CircuitOpen(String),
     /// The answer did not have the expected shape.
     #[error("unexpected Mistral API answer: {0}")]
     Protocol(String),

@@ -20,6 +20,36 @@ use crate::model::Classifier;
 /// Default number of alternatives per clause.
 pub const DEFAULT_TOP_K: usize = 5;
 
+/// The labels stored in the index, which a model must be able to produce.
+pub type IndexLabels = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = anyhow::Result<Vec<String>>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// Index labels from a retriever service's Stats.
+pub fn retriever_labels(
+    url: &str,
+    access: &Access,
+    timeout: std::time::Duration,
+) -> anyhow::Result<IndexLabels> {
+    use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
+    let client = RetrieverServiceClient::new(lazy_channel("retriever", url, timeout, access)?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(Arc::new(move || {
+        let mut client = client.clone();
+        Box::pin(async move {
+            let stats = client
+                .stats(lextral_proto::v1::StatsRequest {})
+                .await
+                .map_err(|status| anyhow::anyhow!("retriever Stats: {}", status.message()))?
+                .into_inner();
+            Ok(stats.labels.into_iter().map(|c| c.label).collect())
+        })
+    }))
+}
+
 /// The classifier service state.
 pub struct FinetunedService {
     config: FinetunedConfig,
@@ -27,6 +57,8 @@ pub struct FinetunedService {
     embedder: EmbedderServiceClient<PeerChannel>,
     reload_lock: tokio::sync::Mutex<()>,
     remote: Option<(crate::mistral::MistralClient, String)>,
+    remote_breaker: lextral_common::Breaker,
+    index_labels: Option<IndexLabels>,
 }
 
 impl FinetunedService {
@@ -50,14 +82,53 @@ impl FinetunedService {
             )),
             None => None,
         };
+        let index_labels = match &config.retriever_url {
+            Some(url) => Some(retriever_labels(url, access, config.request_timeout())?),
+            None => None,
+        };
         Ok(Self {
+            index_labels,
             remote,
+            remote_breaker: lextral_common::Breaker::new("mistral-classifier", config.breaker()),
             config,
             current: RwLock::new(None),
             embedder: EmbedderServiceClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             reload_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Checks every model loaded from now on against `labels` (replaces
+    /// the retriever given in the configuration).
+    pub fn check_labels_against(&mut self, labels: IndexLabels) {
+        self.index_labels = Some(labels);
+    }
+
+    /// Refuses `model` if the index holds labels it cannot produce. An
+    /// index that cannot be read is not a reason to keep an old model.
+    async fn check_labels(&self, model: &Classifier) -> Result<(), FinetunedError> {
+        let Some(source) = &self.index_labels else {
+            return Ok(());
+        };
+        match source().await {
+            Ok(labels) => {
+                let unknown = crate::model::labels_missing_from(
+                    model.labels(),
+                    labels.iter().map(String::as_str),
+                );
+                match unknown.first() {
+                    Some(first) => Err(FinetunedError::LabelsUncovered {
+                        count: unknown.len(),
+                        first: (*first).to_owned(),
+                    }),
+                    None => Ok(()),
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the index's labels; the model's labels are not checked");
+                Ok(())
+            }
+        }
     }
 
     /// The configured model directory.
@@ -88,6 +159,7 @@ impl FinetunedService {
         let loaded = tokio::task::spawn_blocking(move || Classifier::load(&dir))
             .await
             .map_err(|err| FinetunedError::Internal(err.to_string()))??;
+        self.check_labels(&loaded).await?;
         let loaded = Arc::new(loaded);
         let previous = self
             .current
@@ -116,6 +188,31 @@ impl FinetunedService {
         .map_err(|err| FinetunedError::BadRequest(err.to_string()))
     }
 
+    async fn remote_classify(
+        &self,
+        client: &crate::mistral::MistralClient,
+        model: &str,
+        texts: &[String],
+    ) -> Result<Vec<std::collections::BTreeMap<String, f32>>, crate::mistral::MistralError> {
+        use crate::mistral::MistralError;
+        let permit = self
+            .remote_breaker
+            .allow()
+            .map_err(|open| MistralError::CircuitOpen(open.to_string()))?;
+        let answer = client.classify(model, texts, None).await;
+        match &answer {
+            Ok(_) => permit.success(),
+            Err(MistralError::Transport(_))
+            | Err(MistralError::Api {
+                status: 500..=599, ..
+            }) => permit.failure(),
+            // The API answered: it is up, whatever it said.
+            Err(MistralError::Api { .. }) => permit.success(),
+            Err(_) => drop(permit),
+        }
+        answer
+    }
+
     /// Classifies `texts`, returning the top label and `top_k` alternatives.
     pub async fn classify(
         &self,
@@ -124,7 +221,7 @@ impl FinetunedService {
     ) -> Result<Vec<FinetunedClassification>, FinetunedError> {
         self.validate(&texts)?;
         if let Some((client, model)) = &self.remote {
-            let scores = client.classify(model, &texts, None).await?;
+            let scores = self.remote_classify(client, model, &texts).await?;
             return Ok(scores
                 .into_iter()
                 .map(|scores| {
@@ -201,5 +298,51 @@ pub fn to_result(
         label: labels[order[0]].clone(),
         probability: probabilities[order[0]],
         alternatives,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use lextral_common::{ServiceError, ServiceErrorCode};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_remote_classifier_opens_its_circuit() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/classifications",
+            axum::routing::post(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        r#"{"message":"down for maintenance"}"#,
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        // The only test in this crate that reads the key.
+        std::env::set_var("MISTRAL_API_KEY", "test-key");
+        let mut config = FinetunedConfig::with_model(None);
+        config.mistral_model = Some("ft:classifier:test".into());
+        config.mistral_url = format!("http://{addr}");
+        config.breaker_failures = 2;
+        let service = FinetunedService::new(config, &Access::open()).unwrap();
+        for _ in 0..2 {
+            let err = service.classify(vec!["x".into()], None).await.unwrap_err();
+            assert_eq!(err.error_code(), ServiceErrorCode::Unavailable);
+            assert!(err.to_string().contains("maintenance"), "{err}");
+        }
+        let err = service.classify(vec!["x".into()], None).await.unwrap_err();
+        assert_eq!(err.error_code(), ServiceErrorCode::Unavailable);
+        assert!(err.to_string().contains("circuit open"), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "no call while open");
     }
 }

@@ -113,6 +113,8 @@ pub struct Classified {
     pub results: Vec<Classification>,
     /// Per stage.
     pub latencies: Vec<StageLatency>,
+    /// Why the answer came another way than asked, when it did.
+    pub degraded: Option<String>,
 }
 
 /// Stored clauses of one label in one split.

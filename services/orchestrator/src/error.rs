@@ -35,12 +35,30 @@ impl OrchestratorError {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             Self::OverQuota(over) => Some(over.retry_after_s),
+            // A downstream service shedding load: try again shortly.
+            Self::Downstream {
+                code: ServiceErrorCode::ResourceExhausted,
+                ..
+            } => Some(lextral_common::access::RETRY_AFTER_S),
             _ => None,
         }
     }
 }
 
 impl OrchestratorError {
+    /// The dependency that shed this call for overload, if one did: the
+    /// door then lets fewer calls in (`lextral_common::admission`).
+    pub fn overloaded_dependency(&self) -> Option<&'static str> {
+        match self {
+            Self::Downstream {
+                service,
+                code: ServiceErrorCode::ResourceExhausted,
+                ..
+            } => Some(service),
+            _ => None,
+        }
+    }
+
     /// Wraps a downstream status, keeping its meaning.
     pub fn downstream(service: &'static str) -> impl Fn(tonic::Status) -> Self {
         move |status| Self::Downstream {

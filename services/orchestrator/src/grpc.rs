@@ -195,6 +195,7 @@ impl From<Classified> for ClassifyResponse {
             strategy,
             results,
             latencies,
+            degraded,
         } = classified;
         Self {
             results: results
@@ -203,6 +204,7 @@ impl From<Classified> for ClassifyResponse {
                 .collect(),
             latencies: latencies.into_iter().map(v1::StageLatency::from).collect(),
             strategy: strategy as i32,
+            degraded: degraded.unwrap_or_default(),
         }
     }
 }
@@ -215,6 +217,7 @@ impl From<ClassifyResponse> for Classified {
             results,
             latencies,
             strategy,
+            degraded,
         } = response;
         let strategy_of = |n: i32| Strategy::try_from(n).unwrap_or(Strategy::Unspecified);
         Self {
@@ -238,6 +241,7 @@ impl From<ClassifyResponse> for Classified {
                 })
                 .collect(),
             latencies: latencies.into_iter().map(StageLatency::from).collect(),
+            degraded: (!degraded.is_empty()).then_some(degraded),
         }
     }
 }
@@ -333,7 +337,14 @@ impl OrchestratorService for OrchestratorGrpc {
 /// the caller should wait (a quota).
 fn status_of(err: OrchestratorError) -> Status {
     let retry_after = err.retry_after_s();
+    let overloaded = err.overloaded_dependency();
     let mut status = into_status(err);
+    if let Some(service) = overloaded {
+        status.metadata_mut().insert(
+            lextral_common::admission::OVERLOADED_HEADER,
+            tonic::metadata::MetadataValue::from_static(service),
+        );
+    }
     if let Some(seconds) = retry_after {
         status
             .metadata_mut()
@@ -392,6 +403,7 @@ mod tests {
                 stage: "total".into(),
                 ms: 1.5,
             }],
+            degraded: Some("finetuned: circuit open".into()),
         };
         let response = ClassifyResponse::from(classified.clone());
         assert!(response.results[0].abstained);

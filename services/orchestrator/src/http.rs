@@ -273,6 +273,11 @@ pub struct ClassifyReply {
     pub results: Vec<ResultBody>,
     /// Milliseconds per stage (embed, search, vote, total).
     pub latency_ms: BTreeMap<String, f64>,
+    /// Present when the strategy could not run as asked and answered
+    /// another way (cascade while the fine-tuned classifier is
+    /// unavailable: kNN answered); says why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// Stored clauses for one label in one split.
@@ -330,6 +335,8 @@ pub struct ApiError {
     code: String,
     message: String,
     retry_after_s: Option<u64>,
+    /// The dependency that shed the call, named in a response header.
+    overloaded: Option<&'static str>,
 }
 
 impl ApiError {
@@ -339,6 +346,7 @@ impl ApiError {
             code: code.as_str().to_owned(),
             message: message.into(),
             retry_after_s: None,
+            overloaded: None,
         }
     }
 
@@ -352,6 +360,7 @@ impl From<OrchestratorError> for ApiError {
         let (code, message) = client_message(&err);
         let mut api = Self::new(code, message);
         api.retry_after_s = err.retry_after_s();
+        api.overloaded = err.overloaded_dependency();
         api
     }
 }
@@ -374,6 +383,7 @@ impl From<JsonRejection> for ApiError {
             code: code.to_owned(),
             message: rejection.body_text(),
             retry_after_s: None,
+            overloaded: None,
         }
     }
 }
@@ -391,6 +401,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        if let Some(service) = self.overloaded {
+            response.headers_mut().insert(
+                lextral_common::admission::OVERLOADED_HEADER,
+                http::HeaderValue::from_static(service),
+            );
         }
         response
     }
@@ -508,6 +524,7 @@ impl From<Classified> for ClassifyReply {
                 .into_iter()
                 .map(|s| (s.stage, s.ms))
                 .collect(),
+            degraded: classified.degraded,
         }
     }
 }
@@ -718,6 +735,7 @@ async fn method_not_allowed() -> ApiError {
         code: "method_not_allowed".to_owned(),
         message: "method not allowed on this route".to_owned(),
         retry_after_s: None,
+        overloaded: None,
     }
 }
 

@@ -86,6 +86,9 @@ pub enum LlmError {
         /// What happened last.
         message: String,
     },
+    /// The provider failed so often that calls to it are paused.
+    #[error("the LLM provider is unavailable (circuit open) at {0}")]
+    CircuitOpen(String),
     /// The provider answered something that is not a chat completion.
     #[error("the LLM provider sent a malformed response: {0}")]
     Malformed(String),

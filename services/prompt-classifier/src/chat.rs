@@ -3,7 +3,9 @@
 //! {base}/chat/completions` with temperature 0. Retries 429 and 5xx with
 //! exponential backoff and jitter (each wait drawn between half and all of
 //! its ceiling), honouring `Retry-After`; never
-//! sleeps past the caller's deadline; a semaphore caps calls in flight.
+//! sleeps past the caller's deadline; a semaphore caps calls in flight
+//! (a call waiting out its back-off holds no slot). A circuit breaker in
+//! front fails calls at once while the provider is down.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use lextral_common::provider::provider_message;
-use lextral_common::ApiKey;
+use lextral_common::{ApiKey, Breaker, BreakerPolicy};
 
 use crate::backend::{truncate_estimated, Completion, CompletionRequest, LlmBackend, LlmError};
 
@@ -55,6 +57,8 @@ pub struct ChatSettings {
     pub retry: RetryPolicy,
     /// Calls in flight.
     pub concurrency: usize,
+    /// When to stop calling a provider that keeps failing.
+    pub breaker: BreakerPolicy,
 }
 
 /// The chat-completions backend.
@@ -63,6 +67,7 @@ pub struct ChatBackend {
     url: String,
     http: reqwest::Client,
     slots: Semaphore,
+    breaker: Breaker,
 }
 
 impl fmt::Debug for ChatBackend {
@@ -131,6 +136,7 @@ impl ChatBackend {
         Ok(Self {
             url: format!("{base}/chat/completions"),
             slots: Semaphore::new(settings.concurrency.max(1)),
+            breaker: Breaker::new(format!("llm-{}", settings.kind), settings.breaker),
             settings,
             http,
         })
@@ -258,32 +264,49 @@ impl LlmBackend for ChatBackend {
 
     async fn complete(&self, request: CompletionRequest<'_>) -> Result<Completion, LlmError> {
         let remaining = || request.deadline.saturating_duration_since(Instant::now());
-        let _slot = tokio::time::timeout(remaining(), self.slots.acquire())
-            .await
-            .map_err(|_| LlmError::Deadline("waiting for a free LLM slot".into()))?
-            .map_err(|_| LlmError::Unavailable {
-                attempts: 0,
-                message: "backend closed".into(),
-            })?;
         let mut attempts = 0;
         loop {
-            let left = remaining();
-            if left.is_zero() {
+            if remaining().is_zero() {
                 return Err(LlmError::Deadline(format!("after {attempts} attempts")));
             }
+            let permit = self
+                .breaker
+                .allow()
+                .map_err(|open| LlmError::CircuitOpen(format!("{}: {open}", self.url)))?;
+            // The slot is held for one attempt only, not through the back-off.
+            let slot = tokio::time::timeout(remaining(), self.slots.acquire())
+                .await
+                .map_err(|_| LlmError::Deadline("waiting for a free LLM slot".into()))?
+                .map_err(|_| LlmError::Unavailable {
+                    attempts,
+                    message: "backend closed".into(),
+                })?;
             attempts += 1;
-            let attempt = self.attempt(&request, left).await;
+            let attempt = self.attempt(&request, remaining()).await;
+            drop(slot);
             let (wait, why, rate_limited) = match attempt {
                 Attempt::Done(mut completion) => {
+                    permit.success();
                     completion.attempts = attempts;
                     return Ok(completion);
                 }
-                Attempt::Fail(err) => return Err(err),
+                Attempt::Fail(err) => {
+                    // The provider answered: it is up, whatever it said.
+                    permit.success();
+                    return Err(err);
+                }
                 Attempt::Retry {
                     wait,
                     why,
                     rate_limited,
-                } => (wait, why, rate_limited),
+                } => {
+                    if rate_limited {
+                        permit.success();
+                    } else {
+                        permit.failure();
+                    }
+                    (wait, why, rate_limited)
+                }
             };
             metrics::counter!("lextral_llm_retries_total", "reason" => if rate_limited { "429" } else { "unavailable" })
                 .increment(1);
@@ -375,6 +398,14 @@ mod tests {
     const GOOD: &str = r#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Governing Laws"},"finish_reason":"stop"}],"usage":{"prompt_tokens":812,"completion_tokens":3,"total_tokens":815}}"#;
 
     async fn serve(replies: Vec<Reply>) -> (ChatBackend, Script) {
+        serve_with(replies, BreakerPolicy::default(), 2).await
+    }
+
+    async fn serve_with(
+        replies: Vec<Reply>,
+        breaker: BreakerPolicy,
+        concurrency: usize,
+    ) -> (ChatBackend, Script) {
         let script = Script {
             replies: Arc::new(replies),
             calls: Arc::new(AtomicUsize::new(0)),
@@ -397,7 +428,8 @@ mod tests {
                 base_delay: Duration::from_millis(20),
                 max_delay: Duration::from_secs(2),
             },
-            concurrency: 2,
+            concurrency,
+            breaker,
         })
         .unwrap();
         (backend, script)
@@ -557,6 +589,67 @@ mod tests {
         assert!(err.to_string().contains("Invalid model"), "{err}");
     }
 
+    #[tokio::test]
+    async fn a_provider_that_keeps_failing_opens_the_circuit() {
+        let policy = BreakerPolicy {
+            failures: 3,
+            open_for: Duration::from_millis(300),
+        };
+        let (backend, script) = serve_with(
+            vec![
+                Reply::Status(503, None, "down"),
+                Reply::Status(503, None, "down"),
+                Reply::Status(503, None, "down"),
+                Reply::Ok(GOOD),
+            ],
+            policy,
+            2,
+        )
+        .await;
+        // Three failed attempts (one call and its two retries) open it.
+        let err = call(&backend, Duration::from_secs(10)).await.unwrap_err();
+        assert!(matches!(err, LlmError::Unavailable { .. }), "{err}");
+        let started = Instant::now();
+        let err = call(&backend, Duration::from_secs(10)).await.unwrap_err();
+        assert!(matches!(err, LlmError::CircuitOpen(_)), "{err}");
+        assert!(err.to_string().contains("circuit open"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(script.calls.load(Ordering::SeqCst), 3, "no call while open");
+        // After the pause one trial goes through and closes it.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let c = call(&backend, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(c.attempts, 1);
+        call(&backend, Duration::from_secs(10)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_waiting_out_its_back_off_holds_no_slot() {
+        let (backend, _) = serve_with(
+            vec![
+                Reply::Status(429, Some("1"), "{}"),
+                Reply::Ok(GOOD),
+                Reply::Ok(GOOD),
+            ],
+            BreakerPolicy::default(),
+            1,
+        )
+        .await;
+        let backend = Arc::new(backend);
+        let first = {
+            let backend = backend.clone();
+            tokio::spawn(async move { call(&backend, Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        call(&backend, Duration::from_secs(10)).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "the second call waited {:?} for the only slot",
+            started.elapsed()
+        );
+        assert_eq!(first.await.unwrap().unwrap().attempts, 2);
+    }
+
     #[test]
     fn keys_never_print() {
         let key = ApiKey::new("sk-very-secret");
@@ -569,6 +662,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             concurrency: 1,
+            breaker: BreakerPolicy::default(),
         };
         assert!(!format!("{settings:?}").contains("secret"));
     }

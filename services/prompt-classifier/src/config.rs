@@ -7,6 +7,8 @@ const DEFAULT_BACKEND: &str = "local";
 const DEFAULT_TIMEOUT_S: u64 = 120;
 const DEFAULT_MAX_RETRIES: u32 = 4;
 const DEFAULT_CONCURRENCY: usize = 4;
+const DEFAULT_BREAKER_FAILURES: u32 = 5;
+const DEFAULT_BREAKER_OPEN_S: u64 = 30;
 const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 24;
 /// Label names are a few tokens; more than this is someone spending the budget.
 const DEFAULT_MAX_OUTPUT_TOKENS_LIMIT: u32 = 256;
@@ -57,6 +59,16 @@ pub struct PromptConfig {
     /// Remote calls in flight at once.
     #[arg(long = "llm-concurrency", env = "LEXTRAL_LLM_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+
+    /// Failed remote calls in a row (network errors, timeouts, 5xx) after
+    /// which calls fail at once (UNAVAILABLE) until a trial call after
+    /// --llm-breaker-open-s succeeds. 0 turns the breaker off.
+    #[arg(long = "llm-breaker-failures", env = "LEXTRAL_LLM_BREAKER_FAILURES", default_value_t = DEFAULT_BREAKER_FAILURES)]
+    pub breaker_failures: u32,
+
+    /// Seconds the circuit stays open before one trial call.
+    #[arg(long = "llm-breaker-open-s", env = "LEXTRAL_LLM_BREAKER_OPEN_S", default_value_t = DEFAULT_BREAKER_OPEN_S)]
+    pub breaker_open_s: u64,
 
     /// Default cap on generated tokens.
     #[arg(long = "llm-max-output-tokens", env = "LEXTRAL_LLM_MAX_OUTPUT_TOKENS", default_value_t = DEFAULT_MAX_OUTPUT_TOKENS)]
@@ -142,6 +154,8 @@ impl Default for PromptConfig {
             timeout_s: DEFAULT_TIMEOUT_S,
             max_retries: DEFAULT_MAX_RETRIES,
             concurrency: DEFAULT_CONCURRENCY,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_open_s: DEFAULT_BREAKER_OPEN_S,
             max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
             max_output_tokens_limit: DEFAULT_MAX_OUTPUT_TOKENS_LIMIT,
             constrained: true,
@@ -165,5 +179,13 @@ impl PromptConfig {
     /// Per-call timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_s.max(1))
+    }
+
+    /// The circuit breaker before a remote backend.
+    pub fn breaker(&self) -> lextral_common::BreakerPolicy {
+        lextral_common::BreakerPolicy {
+            failures: self.breaker_failures,
+            open_for: Duration::from_secs(self.breaker_open_s.max(1)),
+        }
     }
 }

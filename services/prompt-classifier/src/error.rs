@@ -28,9 +28,9 @@ impl ServiceError for PromptError {
                 | LlmError::Unauthorized { .. }
                 | LlmError::Rejected { .. } => ServiceErrorCode::FailedPrecondition,
                 LlmError::RateLimited { .. } => ServiceErrorCode::ResourceExhausted,
-                LlmError::Unavailable { .. } | LlmError::Malformed(_) => {
-                    ServiceErrorCode::Unavailable
-                }
+                LlmError::Unavailable { .. }
+                | LlmError::CircuitOpen(_)
+                | LlmError::Malformed(_) => ServiceErrorCode::Unavailable,
                 LlmError::Deadline(_) => ServiceErrorCode::DeadlineExceeded,
                 LlmError::TooLong(_) => ServiceErrorCode::BadRequest,
                 LlmError::Inference(_) => ServiceErrorCode::Internal,
@@ -51,6 +51,7 @@ impl PromptError {
                 LlmError::Rejected { .. } => "rejected",
                 LlmError::RateLimited { .. } => "rate_limited",
                 LlmError::Unavailable { .. } => "unavailable",
+                LlmError::CircuitOpen(_) => "circuit_open",
                 LlmError::Malformed(_) => "malformed",
                 LlmError::Deadline(_) => "deadline",
                 LlmError::TooLong(_) => "too_long",

@@ -134,6 +134,7 @@ impl PromptService {
                 timeout: config.timeout(),
                 retry: retry.clone(),
                 concurrency: config.concurrency,
+                breaker: config.breaker(),
             }))
         };
         match config.backend.as_str() {

@@ -29,5 +29,6 @@ pub(super) async fn classify(
         strategy: Strategy::Finetuned,
         results,
         latencies: vec![StageLatency::new("finetuned", started.elapsed())],
+        degraded: None,
     })
 }

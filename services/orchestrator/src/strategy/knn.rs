@@ -93,5 +93,6 @@ pub(super) async fn classify(
         strategy: Strategy::Knn,
         results,
         latencies,
+        degraded: None,
     })
 }

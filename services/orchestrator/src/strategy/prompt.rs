@@ -75,5 +75,6 @@ pub(super) async fn classify(
         strategy,
         results,
         latencies,
+        degraded: None,
     })
 }
