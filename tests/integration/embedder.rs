@@ -80,11 +80,11 @@ async fn vectors_match_sentence_transformers() {
 
 #[tokio::test]
 async fn a_full_queue_answers_resource_exhausted() {
-    use lextral_embedder::{EmbedQueue, EmbedderError};
+    use lextral_embedder::{EmbedQueue, EmbedderError, QueueLimits};
 
     let dir = resolve_model_dir(&model_dir()).await.unwrap();
     let embedder = SentenceEmbedder::load(&dir, "all-MiniLM-L6-v2").unwrap();
-    let queue = std::sync::Arc::new(EmbedQueue::start(embedder, 1, 8192));
+    let queue = std::sync::Arc::new(EmbedQueue::start(embedder, QueueLimits::requests(1, 8192)));
     let long = "The Company shall indemnify the Executive to the fullest extent. ".repeat(30);
     let calls = (0..12).map(|_| {
         let queue = queue.clone();

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use crate::admission::{Limiter, Slot};
 
 use crate::auth::{AuthError, Caller, KeyStore, Scope};
 use crate::quota::{OverQuota, QuotaClass, QuotaSpec, Quotas};
@@ -48,7 +48,7 @@ pub struct Who {
 /// A call refused because the service is at its concurrency limit.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "server busy: {limit} calls in flight on {service} (--max-concurrent-requests); retry shortly"
+    "server busy: {limit} calls in flight on {service} (--max-concurrent-requests, lowered while a dependency is overloaded); retry shortly"
 )]
 pub struct Busy {
     service: String,
@@ -64,7 +64,7 @@ struct Inner {
     peer_key: Option<ApiKey>,
     insecure_no_auth: bool,
     limit: usize,
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    slots: Mutex<HashMap<String, Arc<Limiter>>>,
     quotas: Quotas,
     grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     rest_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
@@ -259,28 +259,29 @@ impl Access {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(service.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.limit)));
+            .or_insert_with(|| Limiter::new(service, self.inner.limit));
     }
 
-    /// A slot for one call to `service`, held until the answer is sent;
+    /// A slot for one call to `service`, held until the answer is sent
+    /// (then [`Slot::done`] says whether a dependency was overloaded);
     /// [`Busy`] at once when every slot is taken. Unregistered services
     /// (health, reflection, unknown paths) are not counted.
-    pub fn admit(&self, service: &str) -> Result<Option<OwnedSemaphorePermit>, Busy> {
-        let semaphore = {
+    pub fn admit(&self, service: &str) -> Result<Option<Slot>, Busy> {
+        let limiter = {
             let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
             match slots.get(service) {
-                Some(semaphore) => semaphore.clone(),
+                Some(limiter) => limiter.clone(),
                 None => return Ok(None),
             }
         };
-        match semaphore.try_acquire_owned() {
-            Ok(permit) => Ok(Some(permit)),
-            Err(_) => {
+        match limiter.try_acquire() {
+            Some(slot) => Ok(Some(slot)),
+            None => {
                 metrics::counter!("lextral_requests_shed_total", "service" => service.to_owned())
                     .increment(1);
                 Err(Busy {
                     service: service.to_owned(),
-                    limit: self.inner.limit,
+                    limit: limiter.current(),
                 })
             }
         }

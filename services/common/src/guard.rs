@@ -18,6 +18,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::access::{Access, Busy, RETRY_AFTER_S};
+use crate::admission::OVERLOADED_HEADER;
 use crate::auth::{grpc_scope, AuthError, Scope};
 use crate::quota::OverQuota;
 
@@ -179,7 +180,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let outcome = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
-            drop(permit);
+            if let (Some(slot), Ok(Ok(response))) = (permit, &outcome) {
+                slot.done(response.headers().contains_key(OVERLOADED_HEADER));
+            }
             match outcome {
                 Ok(result) => result,
                 Err(panic) => {
@@ -244,7 +247,7 @@ pub async fn http_guard(
             return response;
         }
     }
-    let _permit = if rest_scope(&path).is_some() {
+    let slot = if rest_scope(&path).is_some() {
         match access.admit(service) {
             Ok(permit) => permit,
             Err(busy) => {
@@ -262,7 +265,11 @@ pub async fn http_guard(
     } else {
         None
     };
-    next.run(request).await
+    let response = next.run(request).await;
+    if let Some(slot) = slot {
+        slot.done(response.headers().contains_key(OVERLOADED_HEADER));
+    }
+    response
 }
 
 /// The scope a REST route needs; `None` for the open pages (`/`, `/docs`,

@@ -8,6 +8,8 @@ use lextral_embedding::default_model;
 // One place per default: the flags and the `with_*` constructors share them.
 const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
 const DEFAULT_QUEUE_CAPACITY: usize = 256;
+const DEFAULT_MAX_QUEUED_TOKENS: usize = 65_536;
+const DEFAULT_MAX_QUEUE_DELAY_MS: u64 = 150;
 const DEFAULT_MAX_TEXTS: usize = 1024;
 const DEFAULT_MAX_TEXT_BYTES: usize = 100_000;
 const DEFAULT_TIMEOUT_S: u64 = 60;
@@ -41,6 +43,28 @@ pub struct EmbedderConfig {
         default_value_t = DEFAULT_QUEUE_CAPACITY
     )]
     pub queue_capacity: usize,
+
+    /// Estimated tokens admitted and not yet embedded, at most; beyond it
+    /// calls fail fast with RESOURCE_EXHAUSTED (a call finding the queue
+    /// empty is always taken).
+    #[arg(
+        id = "embed-max-queued-tokens",
+        long = "embed-max-queued-tokens",
+        env = "LEXTRAL_EMBED_MAX_QUEUED_TOKENS",
+        default_value_t = DEFAULT_MAX_QUEUED_TOKENS
+    )]
+    pub max_queued_tokens: usize,
+
+    /// Milliseconds a call may expect to wait for the work queued ahead of
+    /// it, at the speed the model has measured; beyond it the call fails
+    /// fast with RESOURCE_EXHAUSTED. 0 turns the check off.
+    #[arg(
+        id = "embed-max-queue-delay-ms",
+        long = "embed-max-queue-delay-ms",
+        env = "LEXTRAL_EMBED_MAX_QUEUE_DELAY_MS",
+        default_value_t = DEFAULT_MAX_QUEUE_DELAY_MS
+    )]
+    pub max_queue_delay_ms: u64,
 
     /// Texts accepted in one Embed call.
     #[arg(
@@ -81,6 +105,16 @@ impl EmbedderConfig {
         }
     }
 
+    /// The queue's bounds.
+    pub fn queue_limits(&self) -> crate::batcher::QueueLimits {
+        crate::batcher::QueueLimits {
+            capacity: self.queue_capacity,
+            max_batch_tokens: self.max_batch_tokens,
+            max_queued_tokens: self.max_queued_tokens,
+            max_queue_delay: Duration::from_millis(self.max_queue_delay_ms),
+        }
+    }
+
     /// The per-call deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_s)
@@ -92,6 +126,8 @@ impl EmbedderConfig {
             model: model.into(),
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_queued_tokens: DEFAULT_MAX_QUEUED_TOKENS,
+            max_queue_delay_ms: DEFAULT_MAX_QUEUE_DELAY_MS,
             max_texts_per_request: DEFAULT_MAX_TEXTS,
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
             timeout_s: DEFAULT_TIMEOUT_S,

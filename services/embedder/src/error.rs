@@ -12,6 +12,12 @@ pub enum EmbedderError {
     /// The batching queue is full.
     #[error("embedder overloaded: {capacity} requests already queued")]
     QueueFull { capacity: usize },
+    /// Too many tokens are waiting.
+    #[error("embedder overloaded: about {tokens} tokens already queued (limit {limit})")]
+    TooMuchQueued { tokens: usize, limit: usize },
+    /// The work ahead would keep this request waiting too long.
+    #[error("embedder overloaded: the work queued ahead would take about {wait_ms} ms (limit {limit_ms} ms)")]
+    WaitTooLong { wait_ms: u64, limit_ms: u64 },
     /// The model thread has stopped.
     #[error("embedder is shutting down")]
     Stopped,
@@ -27,7 +33,9 @@ impl ServiceError for EmbedderError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {
             Self::Limits(_) => ServiceErrorCode::BadRequest,
-            Self::QueueFull { .. } => ServiceErrorCode::ResourceExhausted,
+            Self::QueueFull { .. } | Self::TooMuchQueued { .. } | Self::WaitTooLong { .. } => {
+                ServiceErrorCode::ResourceExhausted
+            }
             Self::Stopped => ServiceErrorCode::Unavailable,
             Self::ModelLoad { .. } => ServiceErrorCode::FailedPrecondition,
             Self::Inference(_) => ServiceErrorCode::Internal,

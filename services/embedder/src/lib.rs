@@ -13,7 +13,7 @@ use lextral_common::server::GrpcRoutes;
 use lextral_proto::v1::embedder_service_server::EmbedderServiceServer;
 use tokio::net::TcpListener;
 
-pub use batcher::EmbedQueue;
+pub use batcher::{EmbedQueue, QueueLimits};
 pub use config::EmbedderConfig;
 pub use error::EmbedderError;
 pub use grpc::EmbedderGrpc;
@@ -32,11 +32,7 @@ pub async fn load_queue(config: &EmbedderConfig) -> anyhow::Result<Arc<EmbedQueu
         pooling = embedder.info().pooling.as_str(),
         "embedding model loaded"
     );
-    Ok(Arc::new(EmbedQueue::start(
-        embedder,
-        config.queue_capacity,
-        config.max_batch_tokens,
-    )))
+    Ok(Arc::new(EmbedQueue::start(embedder, config.queue_limits())))
 }
 
 /// Adds the embedder to `routes`, loading the model first; health flips to
