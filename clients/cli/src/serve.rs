@@ -383,23 +383,29 @@ async fn run_all(args: AllArgs, token: CancellationToken) -> anyhow::Result<()> 
     let store = lextral_retriever::add_to(&args.retriever, &mut routes).await?;
     let mut finetuned_config = args.finetuned.clone();
     finetuned_config.embedder_url = loopback_url(internal_addr);
-    let finetuned = lextral_finetuned_classifier::add_to(&finetuned_config, &mut routes).await?;
-    if let (Some(model), Ok(stats)) = (finetuned.current(), store.stats().await) {
-        // Cascade mixes both: a label the model cannot produce but the index
-        // holds means the model was trained on another label set.
-        let unknown = lextral_finetuned_classifier::labels_missing_from(
-            model.labels(),
-            stats.counts.iter().map(|(label, _, _)| label.as_str()),
-        );
-        if !unknown.is_empty() {
-            anyhow::bail!(
-                "the fine-tuned model's labels do not cover the index: {} indexed label(s) unknown to it \
-                 (first: {:?}); train it on the same label set or point LEXTRAL_FINETUNED_MODEL elsewhere",
-                unknown.len(),
-                unknown[0]
-            );
-        }
-    }
+    // Cascade mixes both: a label the model cannot produce but the index
+    // holds means the model was trained on another label set. Checked at
+    // start (refusing to start) and at every Reload (keeping the old model).
+    let index_labels: lextral_finetuned_classifier::IndexLabels = {
+        let store = store.clone();
+        std::sync::Arc::new(move || {
+            let store = store.clone();
+            Box::pin(async move {
+                let stats = store.stats().await?;
+                Ok(stats
+                    .counts
+                    .into_iter()
+                    .map(|(label, _, _)| label)
+                    .collect())
+            })
+        })
+    };
+    lextral_finetuned_classifier::add_to_checked(
+        &finetuned_config,
+        &mut routes,
+        Some(index_labels),
+    )
+    .await?;
     let mut prompt_config = args.prompt.clone();
     prompt_config.embedder_url = Some(loopback_url(internal_addr));
     lextral_prompt_classifier::add_to(&prompt_config, &mut routes).await?;
