@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use lextral_integration_tests::{
-    fresh_database, fresh_database_on, fresh_embedded_store, retriever_config, start_stack,
-    with_hnsw, DisposableServer, Stack,
+    certificates, fresh_database, fresh_database_on, fresh_embedded_store, retriever_config,
+    start_stack, with_hnsw, DisposableServer, Stack,
 };
 use lextral_proto::v1::retriever_service_client::RetrieverServiceClient;
 use lextral_proto::v1::{
@@ -385,4 +385,103 @@ async fn database_stopped_mid_run_is_unavailable_then_recovers() {
     assert_eq!(health(url).await, ServingStatus::Serving);
     stack.shutdown().await;
     drop(server);
+}
+
+/// PostgreSQL's TLS front door, as a server with `ssl=on` has it (the
+/// PostgreSQL build the tests run has no TLS): answers the client's
+/// SSLRequest with `S`, completes the TLS handshake with `cert`/`key`, then
+/// relays the decrypted session to the real server at `upstream`.
+async fn tls_front(cert: &str, key: &str, upstream: std::net::SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let files = lextral_common::tls::TlsFiles {
+        cert: cert.into(),
+        key: key.into(),
+        client_ca: None,
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(files.rustls().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // SSLRequest: length 8, code 80877103.
+                let mut request = [0u8; 8];
+                client.read_exact(&mut request).await?;
+                assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47], "not an SSLRequest");
+                client.write_all(b"S").await?;
+                let mut tls = acceptor.accept(client).await?;
+                let mut server = tokio::net::TcpStream::connect(upstream).await?;
+                tokio::io::copy_bidirectional(&mut tls, &mut server).await?;
+                std::io::Result::Ok(())
+            });
+        }
+    });
+    port
+}
+
+/// `sslmode=require`: the retriever speaks TLS to PostgreSQL and checks the
+/// server's certificate against `--database-ca`; a certificate the CA did
+/// not sign, and a server without TLS, are refused.
+#[tokio::test]
+async fn sslmode_require_connects_over_verified_tls() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(pki.path());
+    let database = fresh_database().await;
+    let require = |url: &str| {
+        let joiner = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{joiner}sslmode=require")
+    };
+    // postgres://user@HOST:PORT/db → the front door's port instead.
+    let (user, rest) = database.split_once('@').unwrap();
+    let (host_port, db) = rest.split_once('/').unwrap();
+    let port = tls_front(&cert, &key, host_port.parse().unwrap()).await;
+    let through_tls = require(&format!("{user}@127.0.0.1:{port}/{db}"));
+
+    let mut config = retriever_config(&through_tls);
+    config.database_ca = Some(ca.clone().into());
+    let store = Store::connect(&config).unwrap();
+    store.ensure_ready().await.expect("TLS with the right CA");
+    store
+        .upsert(vec![NewClause {
+            text: "Governed by the laws of New York.".into(),
+            label: "Governing Laws".into(),
+            split: "train".into(),
+            embedding: unit(1),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.stats().await.unwrap().total, 1);
+
+    // The webpki roots do not know the test's CA.
+    let mut config = retriever_config(&through_tls);
+    config.connect_timeout_s = 3;
+    let err = Store::connect(&config)
+        .unwrap()
+        .ensure_ready()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("certificate") || err.contains("Certificate"),
+        "{err}"
+    );
+
+    // A server without TLS is refused rather than spoken to in plaintext.
+    let mut config = retriever_config(&require(&database));
+    config.database_ca = Some(ca.clone().into());
+    config.connect_timeout_s = 3;
+    let err = Store::connect(&config)
+        .unwrap()
+        .ensure_ready()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("tls"), "{err}");
+
+    // A CA file that is not PEM stops the start, naming it.
+    let mut config = retriever_config(&through_tls);
+    config.database_ca = Some(key.into());
+    let err = Store::connect(&config).err().unwrap().to_string();
+    assert!(err.contains("database TLS"), "{err}");
 }

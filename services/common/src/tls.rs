@@ -194,6 +194,26 @@ pub async fn serve_https(
     Ok(())
 }
 
+/// A TLS client configuration trusting `ca` (PEM) or else the webpki
+/// roots: for connections tonic does not make (PostgreSQL).
+pub fn client_config(ca: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            for cert in certificates(ca, "CA")? {
+                roots.add(cert).context("CA certificate")?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -102,6 +102,12 @@ pub struct RetrieverConfig {
     )]
     pub connect_timeout_s: u64,
 
+    /// PEM CA the database server's certificate must chain to, for
+    /// `sslmode=require` in the database URL (default: the webpki roots).
+    /// The certificate's name must match the URL's host.
+    #[arg(id = "database-ca", long = "database-ca", env = "LEXTRAL_DATABASE_CA")]
+    pub database_ca: Option<PathBuf>,
+
     /// HNSW graph degree (pgvector `m`), used when the index is created.
     #[arg(
         id = "hnsw-m",
@@ -186,6 +192,7 @@ impl RetrieverConfig {
             dimension: DEFAULT_DIMENSION,
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout_s: DEFAULT_CONNECT_TIMEOUT_S,
+            database_ca: None,
             hnsw_m: DEFAULT_HNSW_M,
             hnsw_ef_construction: DEFAULT_HNSW_EF_CONSTRUCTION,
             ef_search: DEFAULT_EF_SEARCH,
@@ -249,6 +256,7 @@ impl fmt::Debug for RetrieverConfig {
             .field("dimension", &self.dimension)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_s", &self.connect_timeout_s)
+            .field("database_ca", &self.database_ca)
             .field("hnsw_m", &self.hnsw_m)
             .field("hnsw_ef_construction", &self.hnsw_ef_construction)
             .field("ef_search", &self.ef_search)

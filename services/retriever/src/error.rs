@@ -54,7 +54,17 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> Self {
         let Some(db) = err.as_db_error() else {
             // No server error code: the connection broke or never opened.
-            return Self::Unavailable(err.to_string());
+            // The causes say why (a refused port, a certificate not trusted).
+            let mut message = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !message.contains(&cause_text) {
+                    message = format!("{message}: {cause_text}");
+                }
+                source = cause.source();
+            }
+            return Self::Unavailable(message);
         };
         let code = db.code().code();
         // 08: connection exception, 53: insufficient resources,

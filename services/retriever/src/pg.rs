@@ -11,6 +11,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::{pin_mut, TryFutureExt};
 use pgvector::Vector;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
@@ -54,13 +55,24 @@ impl PgStore {
             None => limit,
         };
         pg_config.options(&options);
-        let manager = Manager::from_config(
-            pg_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        // sslmode=require: TLS with the server's certificate and name
+        // verified (stricter than libpq's require). prefer (the default) and
+        // disable connect in plaintext, as a loopback or in-cluster database
+        // is reached.
+        let manager = if pg_config.get_ssl_mode() == SslMode::Require {
+            let tls = lextral_common::tls::client_config(config.database_ca.as_deref())
+                .map_err(|err| StoreError::InvalidArgument(format!("database TLS: {err:#}")))?;
+            Manager::from_config(
+                pg_config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(Arc::unwrap_or_clone(tls)),
+                manager_config(),
+            )
+        } else {
+            Manager::from_config(pg_config, NoTls, manager_config())
+        };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
