@@ -39,7 +39,7 @@ http://{{ include "lextral.fullname" .root }}-{{ .component }}:{{ .port }}
 {{/* Objects the release reads but does not create (the user's Secret and
 claims), named on every workload so reviewers and helm/check.sh see them. */}}
 {{- define "lextral.externalRefs" -}}
-{{- compact (list .Values.secrets.existingSecret .Values.auth.existingKeysSecret .Values.finetunedClassifier.model.existingClaim .Values.indexJob.data.existingClaim) | join "," -}}
+{{- compact (list .Values.secrets.existingSecret .Values.auth.existingKeysSecret .Values.finetunedClassifier.model.existingClaim .Values.indexJob.data.existingClaim (ternary .Values.tls.secretName "" .Values.tls.enabled)) | join "," -}}
 {{- end -}}
 
 {{/* The bundled database's URL: (dict "root" $ "password" P). */}}
@@ -166,6 +166,12 @@ spec:
             # callers; a file, so it never shows in the pod's environment.
             - name: LEXTRAL_SERVICE_KEY_FILE
               value: /var/run/lextral/auth/service-key
+            {{- if and .public $root.Values.tls.enabled }}
+            - name: LEXTRAL_TLS_CERT
+              value: /var/run/lextral/tls/tls.crt
+            - name: LEXTRAL_TLS_KEY
+              value: /var/run/lextral/tls/tls.key
+            {{- end }}
             {{- if .public }}
             {{- if $root.Values.auth.insecureNoAuth }}
             - name: LEXTRAL_INSECURE_NO_AUTH
@@ -187,6 +193,32 @@ spec:
           # which is NOT_SERVING until its model or database is ready, so a
           # pod without its model stays out of the Service instead of
           # restarting in a loop.
+          {{- if and .public $root.Values.tls.enabled }}
+          {{- $https := 0 }}
+          {{- range .ports }}{{ if eq .name "http" }}{{ $https = .port }}{{ end }}{{ end }}
+          # Over TLS: the gateway's health pages by HTTPS (kubelet does not
+          # verify the certificate).
+          startupProbe:
+            httpGet:
+              path: /healthz
+              port: {{ $https }}
+              scheme: HTTPS
+            periodSeconds: 5
+            failureThreshold: 60
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: {{ $https }}
+              scheme: HTTPS
+            periodSeconds: 10
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: {{ $https }}
+              scheme: HTTPS
+            periodSeconds: 20
+            failureThreshold: 3
+          {{- else }}
           startupProbe:
             grpc:
               port: {{ $grpc.port }}
@@ -202,6 +234,7 @@ spec:
               port: {{ $grpc.port }}
             periodSeconds: 20
             failureThreshold: 3
+          {{- end }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           volumeMounts:
@@ -213,6 +246,11 @@ spec:
             {{- if and .public (not $root.Values.auth.insecureNoAuth) }}
             - name: keys
               mountPath: /var/run/lextral/keys
+              readOnly: true
+            {{- end }}
+            {{- if and .public $root.Values.tls.enabled }}
+            - name: tls
+              mountPath: /var/run/lextral/tls
               readOnly: true
             {{- end }}
             {{- if .models }}
@@ -241,6 +279,11 @@ spec:
             items:
               - key: keys.json
                 path: keys.json
+        {{- end }}
+        {{- if and .public $root.Values.tls.enabled }}
+        - name: tls
+          secret:
+            secretName: {{ required "tls.secretName: the kubernetes.io/tls Secret to serve (tls.enabled is on)" $root.Values.tls.secretName }}
         {{- end }}
         {{- if .models }}
         - name: models
