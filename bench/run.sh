@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|overload|crash|all [options]
+# Benchmarks (issue 7). Usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|overload|crash|faults|all [options]
 #   embed:     our embedder and sentence-transformers/PyTorch on the same 1,000
 #              clauses, same threads, in one run; prints both and their ratio
 #              (options go to bench/embed_vs_pytorch.py).
@@ -22,6 +22,10 @@
 #              refused p99, resident memory before and after (issue 19).
 #   crash:     CYCLES (default 25) SIGKILLs of `serve all` mid-ingest per
 #              store; every acknowledged batch whole after each restart.
+#   faults:    the services as separate processes under a kNN load; SIGKILL
+#              the embedder, the retriever and PostgreSQL in turn: how fast
+#              callers are refused, readiness flips, answers resume (release
+#              build of the test clients/cli/tests/faults.rs).
 #   stack:     the services as separate processes (embedded store, train split
 #              indexed, the fine-tuned model of the quick start), then REST
 #              kNN at one client (`lextral bench stack`) and knn/finetuned over
@@ -230,6 +234,13 @@ run_crash() {
     cargo test --release -p lextral-cli --test crash -- --nocapture "$@"
 }
 
+# The fault test on the release build, with its figures printed.
+run_faults() {
+  LEXTRAL_EMBED_MODEL="$(scripts/setup-model.sh | tail -1)"
+  export LEXTRAL_EMBED_MODEL
+  cargo test --release -p lextral-cli --test faults -- --nocapture "$@"
+}
+
 case "$what" in
   embed) run_embed "$@" ;;
   retriever) run_retriever retriever --pg-search hnsw "$@" ;;
@@ -238,6 +249,7 @@ case "$what" in
   stack) run_stack "$@" ;;
   overload) run_overload "$@" ;;
   crash) run_crash "$@" ;;
+  faults) run_faults "$@" ;;
   all)
     run_embed
     run_retriever retriever --pg-search hnsw
@@ -246,7 +258,7 @@ case "$what" in
     run_stack
     ;;
   *)
-    echo "usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|overload|crash|all [options]" >&2
+    echo "usage: bench/run.sh embed|retriever|retriever-codes|retriever-embedded|stack|overload|crash|faults|all [options]" >&2
     exit 2
     ;;
 esac

@@ -136,6 +136,32 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Whether the gRPC server at `url` reports its overall health SERVING
+/// within one second.
+pub async fn grpc_serving(url: &str) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        Some(answer.into_inner().status == ServingStatus::Serving as i32)
+    };
+    tokio::time::timeout(Duration::from_secs(1), check)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// Creates an empty database on the server at `admin_url` and returns its URL.
 pub async fn fresh_database_on(admin_url: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -223,12 +249,16 @@ impl DisposableServer {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         }
-        let url = Self::run(&dir, "start");
-        Self { dir, url }
+        let mut server = Self {
+            dir,
+            url: String::new(),
+        };
+        server.url = server.run("start");
+        server
     }
 
-    fn run(dir: &tempfile::TempDir, action: &str) -> String {
-        let data = dir.path().join("pg");
+    fn run(&self, action: &str) -> String {
+        let data = self.dir.path().join("pg");
         last_line_of(
             "dev-db.sh",
             &[action],
@@ -238,12 +268,29 @@ impl DisposableServer {
 
     /// Stops it (fast shutdown: open connections are cut).
     pub fn stop(&self) {
-        Self::run(&self.dir, "stop");
+        self.run("stop");
+    }
+
+    /// SIGKILLs the postmaster and its backends: no shutdown at all, as a
+    /// crashed machine or the OOM killer would.
+    pub fn kill(&self) {
+        let pid_file = self
+            .dir
+            .path()
+            .join("pg")
+            .join("data")
+            .join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|err| panic!("{}: {err}", pid_file.display()));
+        let pid = pid.lines().next().unwrap_or_default().trim().to_owned();
+        let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+        let killed = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        assert!(killed.success(), "kill -KILL {pid} failed");
     }
 
     /// Starts it again on the same port and data.
     pub fn restart(&self) -> String {
-        Self::run(&self.dir, "start")
+        self.run("start")
     }
 }
 
@@ -402,6 +449,7 @@ pub async fn start_stack_guarded(
     let mut routes = GrpcRoutes::with_access(internal.clone());
     let mut finetuned_config = FinetunedConfig::with_model(model);
     finetuned_config.embedder_url = Stack::url(embedder);
+    finetuned_config.retriever_url = Some(Stack::url(retriever));
     lextral_finetuned_classifier::add_to(&finetuned_config, &mut routes)
         .await
         .expect("finetuned-classifier starts");
@@ -460,6 +508,47 @@ pub async fn start_stack_guarded(
         token,
         tasks,
     }
+}
+
+/// The first `limit` clauses of `split`, labelled, ready to ingest.
+pub fn ledgar_items(split: &str, limit: usize) -> Vec<lextral_proto::v1::LabeledText> {
+    ledgar(split, limit)
+        .into_iter()
+        .map(|(text, label)| lextral_proto::v1::LabeledText {
+            text,
+            label,
+            split: split.to_owned(),
+        })
+        .collect()
+}
+
+/// A CA and a certificate for localhost / 127.0.0.1 signed by it, as PEM
+/// files in `dir`: (ca, cert, key).
+pub fn certificates(dir: &Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = ["ca.pem", "server.pem", "server.key"].map(|n| dir.join(n));
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    let [a, b, c] = paths.map(|p| p.to_str().unwrap().to_owned());
+    (a, b, c)
+}
+
+/// A log file a child process appends its output to.
+pub fn append_log(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
 /// LEDGAR-lite examples from `../shared/data/ledgar/<split>.jsonl`.

@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use lextral_common::auth::{grpc_scope, KeysFile, Scope};
 use lextral_common::{Access, AccessConfig, ApiKey};
-use lextral_integration_tests::{fresh_database, ledgar, start_stack_guarded, Stack};
+use lextral_integration_tests::{fresh_database, ledgar, ledgar_items, start_stack_guarded, Stack};
 use lextral_prompt_classifier::PromptConfig;
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
-use lextral_proto::v1::{IngestRequest, LabeledText};
+use lextral_proto::v1::IngestRequest;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Code;
 
@@ -214,14 +214,7 @@ async fn every_call_needs_the_right_key() {
             Ok(request)
         },
     );
-    let items: Vec<LabeledText> = ledgar("train", 30)
-        .into_iter()
-        .map(|(text, label)| LabeledText {
-            text,
-            label,
-            split: "train".into(),
-        })
-        .collect();
+    let items = ledgar_items("train", 30);
     let ingested = client
         .ingest(IngestRequest { items })
         .await

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lextral_integration_tests::{free_port, ledgar, llm_model, model_dir, KillOnDrop};
+use lextral_integration_tests::{
+    certificates, free_port, ledgar, llm_model, model_dir, KillOnDrop,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lextral");
 
@@ -221,26 +223,6 @@ async fn serve_all_with_keys_end_to_end() {
     for key in [&reader, &writer] {
         assert!(!log.contains(key.as_str()), "a key reached the log");
     }
-}
-
-/// A CA and a certificate for localhost / 127.0.0.1 signed by it, as PEM
-/// files in `dir`: (ca, cert, key).
-fn certificates(dir: &Path) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let paths = ["ca.pem", "server.pem", "server.key"].map(|n| dir.join(n));
-    std::fs::write(&paths[0], ca.pem()).unwrap();
-    std::fs::write(&paths[1], cert.pem()).unwrap();
-    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
-    let [a, b, c] = paths.map(|p| p.to_str().unwrap().to_owned());
-    (a, b, c)
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lextral_integration_tests::{
-    admin_database_url, free_port, fresh_database, model_dir, KillOnDrop,
+    admin_database_url, append_log, free_port, fresh_database, model_dir, KillOnDrop,
 };
 use lextral_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use lextral_proto::v1::{IngestRequest, LabeledText, LabelsRequest};
@@ -45,13 +45,7 @@ async fn start(store: &[String], log: &std::path::Path, home: &std::path::Path) 
         .env_remove("LEXTRAL_LLM_BACKEND")
         .env_remove("LEXTRAL_FINETUNED_MODEL")
         .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        )
+        .stderr(append_log(log))
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(child);
