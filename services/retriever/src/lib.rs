@@ -5,6 +5,12 @@
 
 mod config;
 mod embedded;
+/// Entry points for the cargo-fuzz targets in `fuzz/`.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::embedded::fuzz_replay;
+}
 mod error;
 mod grpc;
 mod migrations;

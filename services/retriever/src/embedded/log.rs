@@ -6,7 +6,6 @@
 //! caught before it is trusted. Format 1 (`[length][crc32 of payload]`) is
 //! still read, and rewritten as format 2 at open.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -134,7 +133,7 @@ fn corrupt(path: &Path, offset: u64, what: &str) -> StoreError {
 /// damage is an error naming the offset.
 pub(super) fn replay(
     path: &Path,
-    file: &File,
+    file: impl Read,
     len: u64,
     dimension: usize,
 ) -> Result<(State, Replayed), StoreError> {

@@ -25,6 +25,20 @@ use std::sync::{Arc, Mutex, RwLock};
 
 mod log;
 
+/// Replays `bytes` as a store log of `dimension` (the cargo-fuzz target's
+/// entry): an error or the clauses it holds, never a panic.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_replay(bytes: &[u8], dimension: usize) -> Result<usize, StoreError> {
+    let (state, replayed) =
+        log::replay(Path::new("fuzz.log"), bytes, bytes.len() as u64, dimension)?;
+    assert!(
+        replayed.good_len <= bytes.len() as u64,
+        "good length past the end"
+    );
+    assert_eq!(state.vectors.len(), state.clauses.len() * dimension);
+    Ok(state.clauses.len())
+}
+
 use crate::error::StoreError;
 use crate::quantized;
 use crate::search::{best_rows, dot, swap_remove_row, SearchTuning};
