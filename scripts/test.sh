@@ -53,3 +53,5 @@ cargo test --workspace --all-targets "$@"
 clients/python/run-tests.sh
 # The Helm chart rendered and checked without helm (Go renderer).
 helm/check.sh
+# cargo-fuzz, bounded (bench budgets: scripts/fuzz.sh 600).
+scripts/fuzz.sh "${LEXTRAL_FUZZ_SECONDS:-10}"

@@ -3,9 +3,9 @@
 //! panic; a plan that passes keeps its texts within the limits.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lextral_orchestrator::http::ClassifyBody;
 use lextral_orchestrator::{ClassifyInput, ClassifyPlan, OrchestratorConfig, VoteKind};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = serde_json::from_slice::<ClassifyBody>(data) else {

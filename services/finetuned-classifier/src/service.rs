@@ -3,7 +3,7 @@
 //! embeddings from the embedder when the model needs them.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use lextral_common::{lazy_channel, TextLimits, MAX_MESSAGE_BYTES};
@@ -143,7 +143,10 @@ impl FinetunedService {
 
     /// The loaded model, if any.
     pub fn current(&self) -> Option<Arc<Classifier>> {
-        self.current.read().expect("model lock").clone()
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Loads (or reloads) the model directory and swaps it in. On failure
@@ -164,7 +167,7 @@ impl FinetunedService {
         let previous = self
             .current
             .write()
-            .expect("model lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .replace(loaded.clone());
         tracing::info!(
             method = loaded.manifest.method.as_str(),
@@ -308,6 +311,20 @@ mod tests {
     use lextral_common::{ServiceError, ServiceErrorCode};
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_poisoned_model_lock_is_not_an_outage() {
+        let service =
+            FinetunedService::new(FinetunedConfig::with_model(None), &Access::open()).unwrap();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _swapping = service.current.write().unwrap();
+            panic!("a panic while the model is swapped");
+        }));
+        assert!(service.current.is_poisoned());
+        assert!(service.current().is_none(), "read on, no panic");
+        let err = service.classify(vec!["x".into()], None).await.unwrap_err();
+        assert_eq!(err.error_code(), ServiceErrorCode::FailedPrecondition);
+    }
 
     #[tokio::test]
     async fn a_failing_remote_classifier_opens_its_circuit() {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
@@ -143,7 +143,7 @@ impl Inner {
         if let Some((_, cache)) = self
             .prefixes
             .lock()
-            .expect("prefix cache lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .find(|(p, _)| p == prefix)
         {
@@ -154,7 +154,7 @@ impl Inner {
         self.model
             .forward(&ids, &mut cache)
             .map_err(|err| LlmError::Inference(err.to_string()))?;
-        let mut prefixes = self.prefixes.lock().expect("prefix cache lock");
+        let mut prefixes = self.prefixes.lock().unwrap_or_else(PoisonError::into_inner);
         if prefixes.len() >= PREFIX_CACHE_ENTRIES {
             prefixes.remove(0);
         }
@@ -170,7 +170,7 @@ impl Inner {
         max_output_tokens: u32,
         deadline: Instant,
     ) -> Result<Completion, LlmError> {
-        let _running = self.running.lock().expect("generation lock");
+        let _running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let check_deadline = |stage: &str| {
             if Instant::now() >= deadline {
                 Err(LlmError::Deadline(format!("local model, {stage}")))
@@ -207,7 +207,7 @@ impl Inner {
         if self.constrained && !labels.is_empty() {
             let key = (labels.join("\u{1f}"), !full_prompt_ends_with_space);
             let trie = {
-                let mut tries = self.tries.lock().expect("trie lock");
+                let mut tries = self.tries.lock().unwrap_or_else(PoisonError::into_inner);
                 if tries.len() > PREFIX_CACHE_ENTRIES {
                     tries.clear();
                 }

@@ -2,7 +2,7 @@
 //! backend, parses answers, prices them and records metrics.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -176,12 +176,15 @@ impl PromptService {
                 );
             }
         }
-        *self.backend.write().expect("backend lock") = backend;
+        *self.backend.write().unwrap_or_else(PoisonError::into_inner) = backend;
     }
 
     /// The backend, or why there is none.
     pub fn backend(&self) -> Result<Arc<dyn LlmBackend>, String> {
-        self.backend.read().expect("backend lock").clone()
+        self.backend
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The configuration.
