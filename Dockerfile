@@ -25,6 +25,9 @@ RUN cargo build --release --locked -p lextral-cli \
 
 # ---- models: all-MiniLM-L6-v2 and the local LLM, as the quickstart caches them
 FROM python:3.11-slim-bookworm AS models
+# Not pinned to package versions (DL3008): bookworm's security updates
+# replace them, so a pin breaks the build; the base image tag fixes the release.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl ca-certificates \
     && rm -rf /var/lib/apt/lists/*
@@ -37,6 +40,7 @@ CMD ["sh", "-c", "cp -a /opt/lextral/models/. /dest/ && ls /dest"]
 
 # ---- runtime: the binary on a slim base, non-root, no models ----------------
 FROM debian:bookworm-slim AS runtime
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

