@@ -86,6 +86,9 @@ pub enum LlmError {
         /// What happened last.
         message: String,
     },
+    /// The local model's queue is full.
+    #[error("{0}")]
+    Busy(String),
     /// The provider failed so often that calls to it are paused.
     #[error("the LLM provider is unavailable (circuit open) at {0}")]
     CircuitOpen(String),

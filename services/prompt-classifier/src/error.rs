@@ -27,7 +27,9 @@ impl ServiceError for PromptError {
                 LlmError::NotConfigured(_)
                 | LlmError::Unauthorized { .. }
                 | LlmError::Rejected { .. } => ServiceErrorCode::FailedPrecondition,
-                LlmError::RateLimited { .. } => ServiceErrorCode::ResourceExhausted,
+                LlmError::RateLimited { .. } | LlmError::Busy(_) => {
+                    ServiceErrorCode::ResourceExhausted
+                }
                 LlmError::Unavailable { .. }
                 | LlmError::CircuitOpen(_)
                 | LlmError::Malformed(_) => ServiceErrorCode::Unavailable,
@@ -52,6 +54,7 @@ impl PromptError {
                 LlmError::RateLimited { .. } => "rate_limited",
                 LlmError::Unavailable { .. } => "unavailable",
                 LlmError::CircuitOpen(_) => "circuit_open",
+                LlmError::Busy(_) => "busy",
                 LlmError::Malformed(_) => "malformed",
                 LlmError::Deadline(_) => "deadline",
                 LlmError::TooLong(_) => "too_long",

@@ -23,10 +23,27 @@ use crate::spm::SpmTokenizer;
 /// Prompt prefixes kept (one per label set and prompt mode).
 const PREFIX_CACHE_ENTRIES: usize = 8;
 
-/// The local backend.
+/// Prompts that may wait for the local model; beyond it calls are refused
+/// (RESOURCE_EXHAUSTED) at once. One generation already uses every core,
+/// so a deeper queue only makes callers wait longer.
+pub const QUEUE_CAPACITY: usize = 8;
+
+/// One prompt for the model thread.
+struct Job {
+    prefix: String,
+    suffix: String,
+    labels: Vec<String>,
+    max_tokens: u32,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Completion, LlmError>>,
+}
+
+/// The local backend: the model on one dedicated thread behind a bounded
+/// queue.
 pub struct LocalBackend {
     inner: Arc<Inner>,
     name: String,
+    jobs: tokio::sync::mpsc::Sender<Job>,
 }
 
 struct Inner {
@@ -73,18 +90,22 @@ impl LocalBackend {
                     .unwrap_or_default()
             });
         tracing::info!(model = %name, path = %path.display(), constrained, load_ms = started.elapsed().as_millis() as u64, "local LLM loaded");
-        Ok(Self {
-            inner: Arc::new(Inner {
-                model,
-                tokenizer,
-                stops,
-                constrained,
-                prefixes: Mutex::new(Vec::new()),
-                tries: Mutex::new(HashMap::new()),
-                running: Mutex::new(()),
-            }),
-            name,
-        })
+        let inner = Arc::new(Inner {
+            model,
+            tokenizer,
+            stops,
+            constrained,
+            prefixes: Mutex::new(Vec::new()),
+            tries: Mutex::new(HashMap::new()),
+            running: Mutex::new(()),
+        });
+        let (jobs, queue) = tokio::sync::mpsc::channel(QUEUE_CAPACITY);
+        let worker = inner.clone();
+        std::thread::Builder::new()
+            .name("lextral-llm".to_owned())
+            .spawn(move || generate_all(&worker, queue))
+            .map_err(|err| LlmError::NotConfigured(format!("starting the LLM thread: {err}")))?;
+        Ok(Self { inner, name, jobs })
     }
 
     /// Where the set-up script puts the default model.
@@ -296,6 +317,41 @@ impl Inner {
     }
 }
 
+/// The model thread: one prompt after another; prompts whose caller has
+/// gone or whose deadline has passed are skipped, and a panic fails only
+/// its own prompt.
+fn generate_all(inner: &Inner, mut queue: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(job) = queue.blocking_recv() {
+        if job.reply.is_closed() {
+            continue;
+        }
+        if Instant::now() >= job.deadline {
+            let _ = job.reply.send(Err(LlmError::Deadline(
+                "local model, waiting in its queue".into(),
+            )));
+            continue;
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.run(
+                &job.prefix,
+                &job.suffix,
+                &job.labels,
+                job.max_tokens,
+                job.deadline,
+            )
+        }))
+        .unwrap_or_else(|panic| {
+            let message = lextral_common::guard::panic_message(&*panic);
+            tracing::error!(panic = %message, "local LLM generation panicked");
+            metrics::counter!("lextral_panics_total").increment(1);
+            Err(LlmError::Inference(format!(
+                "generation panicked: {message}"
+            )))
+        });
+        let _ = job.reply.send(outcome);
+    }
+}
+
 #[tonic::async_trait]
 impl LlmBackend for LocalBackend {
     fn kind(&self) -> &'static str {
@@ -315,17 +371,26 @@ impl LlmBackend for LocalBackend {
     }
 
     async fn complete(&self, request: CompletionRequest<'_>) -> Result<Completion, LlmError> {
-        let inner = self.inner.clone();
-        let prefix = request.prompt.prefix.clone();
-        let suffix = request.prompt.suffix.clone();
-        let labels = request.labels.to_vec();
-        let max_tokens = request.max_output_tokens;
-        let deadline = request.deadline;
-        tokio::task::spawn_blocking(move || {
-            inner.run(&prefix, &suffix, &labels, max_tokens, deadline)
-        })
-        .await
-        .map_err(|err| LlmError::Inference(format!("generation task failed: {err}")))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            prefix: request.prompt.prefix.clone(),
+            suffix: request.prompt.suffix.clone(),
+            labels: request.labels.to_vec(),
+            max_tokens: request.max_output_tokens,
+            deadline: request.deadline,
+            reply,
+        };
+        self.jobs.try_send(job).map_err(|err| match err {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => LlmError::Busy(format!(
+                "the local LLM has {QUEUE_CAPACITY} prompts waiting; retry shortly"
+            )),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                LlmError::Inference("the local LLM thread has stopped".into())
+            }
+        })?;
+        answer
+            .await
+            .map_err(|_| LlmError::Inference("the local LLM thread has stopped".into()))?
     }
 }
 
@@ -363,6 +428,51 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_at_once_and_the_rest_are_answered() {
+        let backend = Arc::new(backend(true));
+        let prompt = Arc::new(Prompt {
+            prefix: "Categories:\n- Notices\n- Governing Laws\n- Severability\n".into(),
+            suffix: "Clause: All notices shall be sent by registered mail.\nCategory:".into(),
+        });
+        let labels = Arc::new(labels());
+        let calls: Vec<_> = (0..QUEUE_CAPACITY + 4)
+            .map(|_| {
+                let (backend, prompt, labels) = (backend.clone(), prompt.clone(), labels.clone());
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let answer = backend
+                        .complete(CompletionRequest {
+                            prompt: &prompt,
+                            labels: &labels,
+                            max_output_tokens: 8,
+                            deadline: Instant::now() + Duration::from_secs(120),
+                        })
+                        .await;
+                    (answer, started.elapsed())
+                })
+            })
+            .collect();
+        let mut busy = 0;
+        let mut answered = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                (Err(LlmError::Busy(_)), took) => {
+                    busy += 1;
+                    assert!(took < Duration::from_millis(100), "refused after {took:?}");
+                }
+                (Ok(completion), _) => {
+                    answered += 1;
+                    assert!(labels.contains(&completion.text.trim().to_owned()));
+                }
+                (Err(err), _) => panic!("{err}"),
+            }
+        }
+        // One generating, QUEUE_CAPACITY waiting; the rest refused.
+        assert!(busy >= 3, "{busy} refused");
+        assert_eq!(busy + answered, QUEUE_CAPACITY + 4);
     }
 
     #[test]
