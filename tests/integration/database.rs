@@ -453,30 +453,27 @@ async fn sslmode_require_connects_over_verified_tls() {
         .unwrap();
     assert_eq!(store.stats().await.unwrap().total, 1);
 
+    // Why a store on `url`, trusting `ca`, cannot start.
+    let refusal = |url: String, ca: Option<String>| async move {
+        let mut config = retriever_config(&url);
+        config.database_ca = ca.map(Into::into);
+        config.connect_timeout_s = 3;
+        Store::connect(&config)
+            .unwrap()
+            .ensure_ready()
+            .await
+            .unwrap_err()
+            .to_string()
+    };
     // The webpki roots do not know the test's CA.
-    let mut config = retriever_config(&through_tls);
-    config.connect_timeout_s = 3;
-    let err = Store::connect(&config)
-        .unwrap()
-        .ensure_ready()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refusal(through_tls.clone(), None).await;
     assert!(
         err.contains("certificate") || err.contains("Certificate"),
         "{err}"
     );
 
     // A server without TLS is refused rather than spoken to in plaintext.
-    let mut config = retriever_config(&require(&database));
-    config.database_ca = Some(ca.clone().into());
-    config.connect_timeout_s = 3;
-    let err = Store::connect(&config)
-        .unwrap()
-        .ensure_ready()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refusal(require(&database), Some(ca.clone())).await;
     assert!(err.to_lowercase().contains("tls"), "{err}");
 
     // A CA file that is not PEM stops the start, naming it.

@@ -54,8 +54,6 @@ struct Inner {
     constrained: bool,
     prefixes: Mutex<Vec<(String, KvCache)>>,
     tries: Mutex<HashMap<(String, bool), Arc<Trie>>>,
-    // One generation at a time: each already uses every core.
-    running: Mutex<()>,
 }
 
 impl LocalBackend {
@@ -97,7 +95,6 @@ impl LocalBackend {
             constrained,
             prefixes: Mutex::new(Vec::new()),
             tries: Mutex::new(HashMap::new()),
-            running: Mutex::new(()),
         });
         let (jobs, queue) = tokio::sync::mpsc::channel(QUEUE_CAPACITY);
         let worker = inner.clone();
@@ -183,6 +180,8 @@ impl Inner {
         Ok((cache, ids.len()))
     }
 
+    /// One generation; only the model thread calls it, so one runs at a
+    /// time (each already uses every core).
     fn run(
         &self,
         prompt_prefix: &str,
@@ -191,7 +190,6 @@ impl Inner {
         max_output_tokens: u32,
         deadline: Instant,
     ) -> Result<Completion, LlmError> {
-        let _running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let check_deadline = |stage: &str| {
             if Instant::now() >= deadline {
                 Err(LlmError::Deadline(format!("local model, {stage}")))
