@@ -62,6 +62,17 @@ bench_venv() {
   echo "$venv/bin/python"
 }
 
+# With LEXTRAL_BENCH_DOCS=1 a retriever benchmark's plot replaces the book's
+# picture (docs/src/images/retriever-1m-<name>-recall-vs-ef-search.png).
+publish_plot() {
+  local name="$1"
+  if [ "${LEXTRAL_BENCH_DOCS:-0}" = 1 ]; then
+    cp "$OUT/$name/recall_vs_ef_search.png" \
+      "docs/src/images/retriever-1m-$name-recall-vs-ef-search.png"
+    echo "bench: docs/src/images/retriever-1m-$name-recall-vs-ef-search.png replaced"
+  fi
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -93,6 +104,7 @@ run_retriever() {
     --query-data "$DATA/validation.jsonl" --query-data "$DATA/train.jsonl" \
     --out "$OUT/$out" "$@"
   echo "bench: report and plot in $OUT/$out"
+  publish_plot "$out"
 }
 
 run_retriever_embedded() {
@@ -104,6 +116,7 @@ run_retriever_embedded() {
     --query-data "$DATA/validation.jsonl" --query-data "$DATA/train.jsonl" \
     --out "$OUT/retriever-embedded" "$@"
   echo "bench: report and plot in $OUT/retriever-embedded"
+  publish_plot retriever-embedded
 }
 
 # Global: the EXIT trap runs after run_stack has returned.

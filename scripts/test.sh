@@ -51,7 +51,10 @@ echo "test: embedder $LEXTRAL_EMBED_MODEL, LLM $LEXTRAL_LLM_MODEL"
 cargo test --workspace --all-targets "$@"
 # The Python client against a live stack (venv, generated stubs, pytest).
 clients/python/run-tests.sh
-# The Helm chart rendered and checked without helm (Go renderer).
+# The Helm chart linted and rendered by Helm's SDK, objects checked against
+# the Kubernetes schemas and each other.
 helm/check.sh
+# The book built and checked (links, command lines, configuration page).
+scripts/docs.sh
 # cargo-fuzz, bounded (bench budgets: scripts/fuzz.sh 600).
 scripts/fuzz.sh "${LEXTRAL_FUZZ_SECONDS:-10}"

@@ -1,5 +1,5 @@
-"""Every curl command in the README's "REST API" section works as written
-against `lextral serve all` (the host and port swapped for the test's)."""
+"""Every curl command in a `sh` block of README.md and the book (docs/src)
+works as written against `lextral serve all` (the host and port swapped for the test's)."""
 
 import json
 import pathlib
@@ -8,19 +8,31 @@ import subprocess
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[3] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def documents():
+    """README.md and every page of the book."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs" / "src").rglob("*.md"))]
 
 
 def readme_commands():
-    section = README.read_text().split("## REST API", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
-    commands, current = [], []
-    for line in block.splitlines():
-        if line.startswith("curl ") and current:
-            commands.append("\n".join(current))
+    commands = []
+    for document in documents():
+        for block in re.findall(r"```sh\n(.*?)```", document.read_text(), re.S):
             current = []
-        current.append(line)
-    commands.append("\n".join(current))
+            for line in block.splitlines():
+                if line.startswith("curl "):
+                    if current:
+                        commands.append("\n".join(current))
+                    current = [line]
+                elif current and current[-1].endswith("\\"):
+                    current.append(line)
+                elif current:
+                    commands.append("\n".join(current))
+                    current = []
+            if current:
+                commands.append("\n".join(current))
     return commands
 
 

