@@ -26,7 +26,8 @@ def readme_commands():
                     if current:
                         commands.append("\n".join(current))
                     current = [line]
-                elif current and current[-1].endswith("\\"):
+                elif current and (current[-1].endswith("\\") or "\n".join(current).count("'") % 2):
+                    # A continued line, or inside a quoted multi-line body.
                     current.append(line)
                 elif current:
                     commands.append("\n".join(current))

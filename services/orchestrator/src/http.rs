@@ -26,6 +26,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
 use crate::domain::{Classification, Classified};
 use crate::error::OrchestratorError;
@@ -87,6 +88,12 @@ pub enum VoteName {
 /// A classify request.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+// A whole valid request, so the API explorer's "try it out" starts from one
+// (its generated sample would send zeros for every option).
+#[schema(example = json!({
+    "texts": ["This Agreement shall be governed by the laws of the State of New York."],
+    "strategy": "knn"
+}))]
 pub struct ClassifyBody {
     /// Clauses to classify: 1 to `--max-texts` (default 256), none blank.
     #[schema(
@@ -813,9 +820,14 @@ pub fn app(orchestrator: Arc<Orchestrator>) -> Router {
             "/",
             get(|| async { Html(include_str!("../web/index.html")) }),
         )
-        .route(
-            "/docs",
-            get(|| async { Html(include_str!("../web/docs.html")) }),
+        // Swagger UI over the document below, its assets compiled in.
+        .merge(
+            SwaggerUi::new("/docs").config(
+                SwaggerConfig::new(["/openapi.json"])
+                    .try_it_out_enabled(true)
+                    .persist_authorization(true)
+                    .display_request_duration(true),
+            ),
         )
         .route("/openapi.json", get(move || async move { Json(spec) }))
         .route("/healthz", get(healthz))
