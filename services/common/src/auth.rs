@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use rand::RngCore;
+use rand::TryRngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -265,7 +265,9 @@ impl KeysFile {
             ));
         }
         let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| format!("the operating system's random source failed: {e}"))?;
         let key = format!("{KEY_PREFIX}{}", hex::encode(bytes));
         self.keys.push(KeyRecord {
             name: name.to_owned(),

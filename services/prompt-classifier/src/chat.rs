@@ -244,7 +244,7 @@ impl ChatBackend {
             .saturating_mul(1u32 << retry.min(16))
             .min(policy.max_delay);
         // Full jitter spreads clients that failed together.
-        ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+        ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 }
 

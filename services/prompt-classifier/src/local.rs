@@ -495,6 +495,97 @@ mod tests {
         assert_eq!(t.decode(&t.encode("a  b\n\nc")), "a  b\n\nc");
     }
 
+    /// The ids of tests/fixtures/gemma3_tokens.json: Gemma 3's tokenizer as
+    /// transformers builds it from the same GGUF, cross-checked by
+    /// SentencePiece (make_gemma_reference.py beside it says how).
+    #[test]
+    fn tokenizer_matches_the_reference_fixture() {
+        use sha2::{Digest, Sha256};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fixture: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("tests/fixtures/gemma3_tokens.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            fixture["gguf"].as_str(),
+            model_path().file_name().and_then(|n| n.to_str()),
+            "the fixture was made from another GGUF"
+        );
+        let ledgar = root.join("../../../shared/data/ledgar");
+        let read = |file: &str| std::fs::read_to_string(ledgar.join(file)).unwrap();
+        let validation: Vec<String> = read("validation.jsonl")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let clause = |line: &serde_json::Value| -> serde_json::Value {
+            serde_json::from_str(&validation[line.as_u64().unwrap() as usize]).unwrap()
+        };
+        let labels = read("labels.txt").lines().collect::<Vec<_>>().join("\n");
+        let b = backend(true);
+        let t = &b.inner.tokenizer;
+        let cases = fixture["cases"].as_array().unwrap();
+        assert!(cases.len() >= 50, "{} cases", cases.len());
+        let mut mismatches = Vec::new();
+        for case in cases {
+            // The texts the script wrote from ../shared are rebuilt from there.
+            let text = match case["kind"].as_str().unwrap() {
+                "text" => case["text"].as_str().unwrap().to_owned(),
+                "ledgar" => clause(&case["line"])["text"].as_str().unwrap().to_owned(),
+                "labels" => labels.clone(),
+                "zero-shot prompt" => format!(
+                    "Classify the contract clause into exactly one of these categories:\n{labels}\n\nAnswer with the category name only.\n\nClause: {}\nCategory:",
+                    clause(&case["clause_line"])["text"].as_str().unwrap()
+                ),
+                "few-shot prompt" => {
+                    let examples: String = case["example_lines"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|line| {
+                            let example = clause(line);
+                            format!(
+                                "Clause: {}\nCategory: {}\n\n",
+                                example["text"].as_str().unwrap(),
+                                example["label"].as_str().unwrap()
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "Classify each contract clause by its category. Labelled examples of similar clauses come first.\n\n{examples}Clause: {}\nCategory:",
+                        clause(&case["clause_line"])["text"].as_str().unwrap()
+                    )
+                }
+                other => panic!("unknown fixture kind {other}"),
+            };
+            if let Some(sha) = case["text_sha256"].as_str() {
+                assert_eq!(
+                    hex::encode(Sha256::digest(text.as_bytes())),
+                    sha,
+                    "{case}: the text differs from the one the reference was made from"
+                );
+            }
+            let expected: Vec<u32> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_u64().unwrap() as u32)
+                .collect();
+            let ids = t.encode(&text);
+            if ids != expected {
+                mismatches.push(format!(
+                    "{text:?}\n  ours:      {ids:?}\n  reference: {expected:?}"
+                ));
+            }
+        }
+        assert!(
+            mismatches.is_empty(),
+            "{} of {} texts differ:\n{}",
+            mismatches.len(),
+            cases.len(),
+            mismatches.join("\n")
+        );
+    }
+
     #[test]
     fn cached_prefix_matches_one_pass() {
         let b = backend(true);

@@ -65,7 +65,7 @@ pub struct HeadReport {
 
 fn uniform(rng: &mut StdRng, rows: usize, cols: usize, bound: f32) -> Vec<f32> {
     (0..rows * cols)
-        .map(|_| rng.gen_range(-bound..bound))
+        .map(|_| rng.random_range(-bound..bound))
         .collect()
 }
 
@@ -78,7 +78,7 @@ fn dropout_mask(
     let keep = 1.0 - p;
     let values: Vec<f32> = (0..shape.0 * shape.1)
         .map(|_| {
-            if rng.gen::<f32>() < keep {
+            if rng.random::<f32>() < keep {
                 1.0 / keep
             } else {
                 0.0
@@ -271,7 +271,7 @@ mod tests {
             let label = i % 3;
             let mut v = vec![0.0f32; 4];
             v[label] = 1.0;
-            v.iter_mut().for_each(|x| *x += rng.gen_range(-0.3..0.3));
+            v.iter_mut().for_each(|x| *x += rng.random_range(-0.3..0.3));
             x.push(v);
             y.push(label);
         }

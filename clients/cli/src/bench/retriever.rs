@@ -798,21 +798,21 @@ fn synthesize(base: &[Vec<f32>], total: usize, seed: u64, kind: Synthetic) -> Ve
                 StdRng::seed_from_u64(seed ^ (stream as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let noise = 0.02 / (dim as f32).sqrt();
             for row in rows.chunks_mut(dim) {
-                let from = rng.gen_range(0..count);
+                let from = rng.random_range(0..count);
                 let (to_a, to_b, step) = match kind {
                     Synthetic::Neighbours => {
                         let near = &neighbours[from];
                         let to = if near.is_empty() {
                             from
                         } else {
-                            near[rng.gen_range(0..near.len())]
+                            near[rng.random_range(0..near.len())]
                         };
-                        (to, from, rng.gen_range(0.0..1.0f32))
+                        (to, from, rng.random_range(0.0..1.0f32))
                     }
                     Synthetic::Spread => (
-                        rng.gen_range(0..count),
-                        rng.gen_range(0..count),
-                        rng.gen_range(0.2..0.6f32),
+                        rng.random_range(0..count),
+                        rng.random_range(0..count),
+                        rng.random_range(0.2..0.6f32),
                     ),
                 };
                 let (x, a, b) = (row_of(from), row_of(to_a), row_of(to_b));
@@ -844,8 +844,8 @@ fn nearest_real(unit: &[f32], dim: usize, k: usize) -> Vec<Vec<usize>> {
 
 /// A standard normal draw (Box–Muller; one of the pair is enough here).
 fn gaussian(rng: &mut StdRng) -> f32 {
-    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-    let v: f64 = rng.gen();
+    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+    let v: f64 = rng.random();
     ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
 }
 
