@@ -86,3 +86,19 @@ def test_example_script_runs(stack):
     assert result.returncode == 0, result.stderr
     assert "index: 80 clauses" in result.stdout
     assert "knn" in result.stdout and "answered by knn" in result.stdout
+
+
+def test_a_degraded_answer_says_why_on_every_result():
+    # The response's `degraded` (cascade answered by kNN while the fine-tuned
+    # classifier is down) reaches each Classification; a normal answer has None.
+    from lextral.v1 import orchestrator_service_pb2 as pb
+
+    response = pb.ClassifyResponse(
+        results=[pb.ClassificationResult(label="Notices", confidence=0.9, answered_by=pb.STRATEGY_KNN)] * 2,
+        degraded="fine-tuned classifier unavailable: answered by knn",
+    )
+    answers = Lextral._results(response)
+    assert [a.degraded for a in answers] == ["fine-tuned classifier unavailable: answered by knn"] * 2
+    assert answers[0].label == "Notices" and answers[0].answered_by == "knn"
+    normal = Lextral._results(pb.ClassifyResponse(results=[pb.ClassificationResult(label="Notices")]))
+    assert normal[0].degraded is None

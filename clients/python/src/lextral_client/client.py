@@ -70,6 +70,9 @@ class Classification:
     output_tokens: int = 0
     cost_usd: float = 0.0
     truncated: bool = False
+    degraded: Optional[str] = None
+    """Why the server answered with a fallback (e.g. cascade by kNN alone while
+    the fine-tuned classifier is unavailable); None for a normal answer."""
 
     @property
     def abstained(self) -> bool:
@@ -146,10 +149,15 @@ class Lextral:
             response = self._stub.Classify(request, timeout=self.timeout_s)
         except grpc.RpcError as err:
             raise _error(err) from None
-        return [self._result(r) for r in response.results]
+        return self._results(response)
+
+    @classmethod
+    def _results(cls, response: Any) -> List[Classification]:
+        degraded = response.degraded or None
+        return [cls._result(r, degraded) for r in response.results]
 
     @staticmethod
-    def _result(r: Any) -> Classification:
+    def _result(r: Any, degraded: Optional[str] = None) -> Classification:
         return Classification(
             label=None if r.abstained else r.label,
             confidence=r.confidence,
@@ -162,6 +170,7 @@ class Lextral:
             output_tokens=r.output_tokens,
             cost_usd=r.cost_usd,
             truncated=r.truncated,
+            degraded=degraded,
         )
 
     def ingest(self, items: Iterable[Dict[str, str]]) -> Dict[str, int]:
