@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import time
@@ -26,6 +27,13 @@ from lextral_client import Lextral
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 SHARED = pathlib.Path(os.environ.get("LEXTRAL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def documented_sh_blocks() -> List[str]:
+    """Every `sh` code block of README.md and the book (docs/src), in order:
+    the examples the README/docs tests run."""
+    documents = [REPO / "README.md", *sorted((REPO / "docs" / "src").rglob("*.md"))]
+    return [block for d in documents for block in re.findall(r"```sh\n(.*?)```", d.read_text(), re.S)]
 
 
 def _free_port() -> int:

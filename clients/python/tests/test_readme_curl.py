@@ -2,38 +2,29 @@
 works as written against `lextral serve all` (the host and port swapped for the test's)."""
 
 import json
-import pathlib
-import re
 import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-
-
-def documents():
-    """README.md and every page of the book."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs" / "src").rglob("*.md"))]
-
+from conftest import documented_sh_blocks
 
 def readme_commands():
     commands = []
-    for document in documents():
-        for block in re.findall(r"```sh\n(.*?)```", document.read_text(), re.S):
-            current = []
-            for line in block.splitlines():
-                if line.startswith("curl "):
-                    if current:
-                        commands.append("\n".join(current))
-                    current = [line]
-                elif current and (current[-1].endswith("\\") or "\n".join(current).count("'") % 2):
-                    # A continued line, or inside a quoted multi-line body.
-                    current.append(line)
-                elif current:
+    for block in documented_sh_blocks():
+        current = []
+        for line in block.splitlines():
+            if line.startswith("curl "):
+                if current:
                     commands.append("\n".join(current))
-                    current = []
-            if current:
+                current = [line]
+            elif current and (current[-1].endswith("\\") or "\n".join(current).count("'") % 2):
+                # A continued line, or inside a quoted multi-line body.
+                current.append(line)
+            elif current:
                 commands.append("\n".join(current))
+                current = []
+        if current:
+            commands.append("\n".join(current))
     return commands
 
 

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import documented_sh_blocks
+
 # The venv's console script, so the pinned binary runs, not one on PATH.
 GRPCURL = pathlib.Path(sys.prefix) / "bin" / "grpcurl"
 
@@ -29,22 +31,13 @@ def test_the_pinned_grpcurl_runs():
     done = subprocess.run([str(GRPCURL), "-version"], capture_output=True, text=True)
     assert "1.8.6" in done.stdout + done.stderr
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-
-
-def documents():
-    """README.md and every page of the book."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs" / "src").rglob("*.md"))]
-
-
 def readme_commands():
     commands = []
-    for document in documents():
-        for block in re.findall(r"```sh\n(.*?)```", document.read_text(), re.S):
-            # Join continued lines.
-            for line in block.replace("\\\n", " ").splitlines():
-                if line.strip().startswith("grpcurl"):
-                    commands.append(" ".join(line.split()))
+    for block in documented_sh_blocks():
+        # Join continued lines.
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith("grpcurl"):
+                commands.append(" ".join(line.split()))
     return commands
 
 

@@ -532,10 +532,14 @@ mod tests {
                 "text" => case["text"].as_str().unwrap().to_owned(),
                 "ledgar" => clause(&case["line"])["text"].as_str().unwrap().to_owned(),
                 "labels" => labels.clone(),
-                "zero-shot prompt" => format!(
-                    "Classify the contract clause into exactly one of these categories:\n{labels}\n\nAnswer with the category name only.\n\nClause: {}\nCategory:",
-                    clause(&case["clause_line"])["text"].as_str().unwrap()
-                ),
+                // The served default templates, so a change to them shows here
+                // as a text hash the reference was not made from.
+                "zero-shot prompt" => crate::prompt::DEFAULT_ZERO_SHOT
+                    .replace("{labels}", &labels)
+                    .replace(
+                        "{clause}",
+                        clause(&case["clause_line"])["text"].as_str().unwrap(),
+                    ),
                 "few-shot prompt" => {
                     let examples: String = case["example_lines"]
                         .as_array()
@@ -543,17 +547,17 @@ mod tests {
                         .iter()
                         .map(|line| {
                             let example = clause(line);
-                            format!(
-                                "Clause: {}\nCategory: {}\n\n",
-                                example["text"].as_str().unwrap(),
-                                example["label"].as_str().unwrap()
-                            )
+                            crate::prompt::DEFAULT_EXAMPLE
+                                .replace("{text}", example["text"].as_str().unwrap())
+                                .replace("{label}", example["label"].as_str().unwrap())
                         })
                         .collect();
-                    format!(
-                        "Classify each contract clause by its category. Labelled examples of similar clauses come first.\n\n{examples}Clause: {}\nCategory:",
-                        clause(&case["clause_line"])["text"].as_str().unwrap()
-                    )
+                    crate::prompt::DEFAULT_FEW_SHOT_CONSTRAINED
+                        .replace("{examples}", &examples)
+                        .replace(
+                            "{clause}",
+                            clause(&case["clause_line"])["text"].as_str().unwrap(),
+                        )
                 }
                 other => panic!("unknown fixture kind {other}"),
             };
