@@ -421,8 +421,9 @@ async fn tls_front(cert: &str, key: &str, upstream: std::net::SocketAddr) -> u16
 }
 
 /// `sslmode=require`: the retriever speaks TLS to PostgreSQL and checks the
-/// server's certificate against `--database-ca`; a certificate the CA did
-/// not sign, and a server without TLS, are refused.
+/// server's certificate against `--database-ca` (or libpq's `sslrootcert`,
+/// with libpq's `verify-full`); a certificate the CA did not sign, and a
+/// server without TLS, are refused.
 #[tokio::test]
 async fn sslmode_require_connects_over_verified_tls() {
     let pki = tempfile::tempdir().unwrap();
@@ -451,6 +452,18 @@ async fn sslmode_require_connects_over_verified_tls() {
         }])
         .await
         .unwrap();
+    assert_eq!(store.stats().await.unwrap().total, 1);
+
+    // libpq's spelling: verify-full with the CA as sslrootcert in the URL.
+    let libpq_url = format!(
+        "{user}@127.0.0.1:{port}/{db}?sslmode=verify-full&sslrootcert={}",
+        ca.replace('/', "%2F")
+    );
+    let store = Store::connect(&retriever_config(&libpq_url)).unwrap();
+    store
+        .ensure_ready()
+        .await
+        .expect("verify-full with sslrootcert");
     assert_eq!(store.stats().await.unwrap().total, 1);
 
     // Why a store on `url`, trusting `ca`, cannot start.

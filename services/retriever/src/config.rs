@@ -103,8 +103,9 @@ pub struct RetrieverConfig {
     pub connect_timeout_s: u64,
 
     /// PEM CA the database server's certificate must chain to, for
-    /// `sslmode=require` in the database URL (default: the webpki roots).
-    /// The certificate's name must match the URL's host.
+    /// `sslmode=require` (or libpq's `verify-ca` / `verify-full`) in the
+    /// database URL (default: the URL's `sslrootcert`, else the webpki
+    /// roots). The certificate's name must match the URL's host.
     #[arg(id = "database-ca", long = "database-ca", env = "LEXTRAL_DATABASE_CA")]
     pub database_ca: Option<PathBuf>,
 

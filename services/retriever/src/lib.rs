@@ -16,6 +16,7 @@ mod grpc;
 mod migrations;
 mod mirror;
 mod pg;
+mod pgurl;
 mod quantized;
 pub mod search;
 mod store;

@@ -36,7 +36,8 @@ pub struct PgStore {
 impl PgStore {
     /// Builds the pool; no connection is made until first use.
     pub fn connect(config: &RetrieverConfig) -> Result<Self, StoreError> {
-        let mut pg_config = tokio_postgres::Config::from_str(config.database_url())
+        let tls_params = crate::pgurl::libpq_tls(config.database_url())?;
+        let mut pg_config = tokio_postgres::Config::from_str(&tls_params.url)
             .map_err(|err| StoreError::InvalidArgument(format!("bad database URL: {err}")))?;
         pg_config.connect_timeout(config.connect_timeout());
         if pg_config.get_application_name().is_none() {
@@ -58,12 +59,16 @@ impl PgStore {
         let manager_config = || ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        // sslmode=require: TLS with the server's certificate and name
-        // verified (stricter than libpq's require). prefer (the default) and
-        // disable connect in plaintext, as a loopback or in-cluster database
-        // is reached.
+        // sslmode=require (and libpq's verify-ca / verify-full): TLS with the
+        // server's certificate and name verified (stricter than libpq's
+        // require). prefer (the default) and disable connect in plaintext, as
+        // a loopback or in-cluster database is reached.
         let manager = if pg_config.get_ssl_mode() == SslMode::Require {
-            let tls = lextral_common::tls::client_config(config.database_ca.as_deref())
+            let ca = config
+                .database_ca
+                .as_deref()
+                .or(tls_params.root_cert.as_deref());
+            let tls = lextral_common::tls::client_config(ca)
                 .map_err(|err| StoreError::InvalidArgument(format!("database TLS: {err:#}")))?;
             Manager::from_config(
                 pg_config,
