@@ -78,7 +78,11 @@ fn options(method: Method) -> TrainOptions {
     let mut options = TrainOptions {
         method,
         embed_model: model_dir(),
-        c_grid: vec![30.0],
+        candidates: vec![lextral_training::Learner::Svm {
+            c: 1.0,
+            balanced: true,
+        }],
+        cv_folds: 3,
         progress: false,
         max_minutes: 10.0,
         ..TrainOptions::default()
@@ -110,6 +114,15 @@ async fn trained_model_serves_finetuned_and_cascade_and_reloads() {
     assert!(validation.scores.micro_f1 > 0.6, "{validation:?}");
     assert!(validation.nll_calibrated <= validation.nll_uncalibrated + 1e-9);
     assert_eq!(manifest.labels, lexical_data.labels);
+    // Chosen by 3-fold cross-validation over train + validation, then
+    // refitted on both.
+    let cv = manifest.cross_validation.as_ref().expect("cross-validated");
+    assert_eq!((cv.folds, cv.examples), (3, 1366));
+    assert_eq!(cv.chosen, "lexical svm C=1 balanced");
+    let row = &cv.candidates[0];
+    assert_eq!(row.folds.len(), 3);
+    assert!(row.micro_f1_mean > 0.5 && row.micro_f1_sd >= 0.0, "{row:?}");
+    assert!((manifest.training.fit_examples, manifest.training.refit) == (1366, true));
     // Same seed, same data: the same model.
     let small = data(200, 50);
     let first = train(&small, Method::Lexical, &work.path().join("a")).await;
@@ -344,19 +357,30 @@ async fn finetune_and_hybrid_methods_train_and_load() {
     assert_eq!(p[0].len(), small.labels.len());
     assert!((p[0].iter().sum::<f32>() - 1.0).abs() < 1e-4);
 
-    // Hybrid records every candidate it weighed on validation.
+    // Hybrid cross-validates the candidates that need an embedding too and
+    // records each one's paired gain over the best lexical one.
     let data = data(150, 40);
     let out = work.path().join("hybrid");
     let manifest = train(&data, Method::Hybrid, &out).await;
-    let candidates = &manifest.validation.as_ref().unwrap().candidates;
-    assert!(
-        candidates
-            .keys()
-            .any(|k| k.starts_with("hybrid dense_weight=0.5")),
-        "{candidates:?}"
+    let cv = manifest.cross_validation.as_ref().unwrap();
+    let names: Vec<&str> = cv.candidates.iter().map(|c| c.name.as_str()).collect();
+    for prefix in ["lexical svm", "lexical+dense svm", "dense only svm"] {
+        assert!(names.iter().any(|n| n.starts_with(prefix)), "{names:?}");
+    }
+    assert!(names.iter().any(|n| n.contains("kNN vote")), "{names:?}");
+    let dense_rows = cv.candidates.iter().filter(|c| c.dense).count();
+    assert_eq!(cv.dense_gains.len(), dense_rows);
+    assert!(cv.rule.contains("spread"), "{}", cv.rule);
+    // Without a refit the saved model saw the train split only.
+    let mut no_refit = options(Method::Lexical);
+    no_refit.refit = false;
+    let kept = lextral_training::train(&data, &no_refit, &work.path().join("no-refit"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (kept.training.fit_examples, kept.training.refit),
+        (150, false)
     );
-    assert!(candidates.keys().any(|k| k.starts_with("lexical C=")));
-    assert!(candidates.keys().any(|k| k.starts_with("head hidden=")));
     Classifier::load(&out).unwrap();
 }
 

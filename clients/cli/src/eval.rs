@@ -439,6 +439,39 @@ async fn classify_one(
     }
 }
 
+/// Says so when the served fine-tuned model was fitted on the split being
+/// evaluated (`lextral train` refits on train + validation): its figures on
+/// that split are not held-out, and the manifest's cross-validated estimate
+/// is the one to read.
+fn warn_if_seen(stack: &serde_json::Value, split: &str, names: &[String]) {
+    let manifest = &stack["finetuned"]["manifest"];
+    let refit = manifest["training"]["refit"].as_bool() == Some(true);
+    let uses_model = names.iter().any(|n| n == "finetuned" || n == "cascade");
+    if !(refit && uses_model && (split == "validation" || split == "train")) {
+        return;
+    }
+    let chosen = manifest["cross_validation"]["chosen"]
+        .as_str()
+        .unwrap_or("?");
+    let estimate = manifest["cross_validation"]["candidates"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"].as_str() == Some(chosen)))
+        .map(|row| {
+            format!(
+                "; its {}-fold cross-validated estimate is micro-F1 {:.4} ± {:.4}, macro-F1 {:.4} ± {:.4}",
+                manifest["cross_validation"]["folds"],
+                row["micro_f1_mean"].as_f64().unwrap_or(f64::NAN),
+                row["micro_f1_sd"].as_f64().unwrap_or(f64::NAN),
+                row["macro_f1_mean"].as_f64().unwrap_or(f64::NAN),
+                row["macro_f1_sd"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "eval: warning: the fine-tuned model was fitted on train + validation (lextral train's refit), so its {split} figures are not held-out{estimate}"
+    );
+}
+
 /// What the run records about itself: code, data, options, and the stack
 /// that answered (models, index, server defaults).
 async fn run_metadata(
@@ -456,6 +489,7 @@ async fn run_metadata(
             "error": format!("{:?}: {}", status.code(), status.message())
         }),
     };
+    warn_if_seen(&stack, &args.split, names);
     let strategies: BTreeMap<String, serde_json::Value> = names
         .iter()
         .map(|name| {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lextral_finetuned_classifier::Method;
-use lextral_training::{TrainData, TrainOptions};
+use lextral_training::{Learner, TrainData, TrainOptions};
 use sha2::{Digest, Sha256};
 
 use crate::data::{read_labels, read_split, Example};
@@ -35,10 +35,30 @@ pub struct TrainArgs {
         default_value_t = lextral_embedding::default_model()
     )]
     embed_model: String,
-    /// Logistic-regression C values tried on validation (lexical part).
-    #[arg(long = "c-grid", value_delimiter = ',', default_value = "10,30,100")]
+    /// Lexical candidates compared by cross-validation (methods lexical and
+    /// hybrid): `svm:C[:balanced]` (linear SVM, squared hinge, one-vs-rest)
+    /// or `logistic:C[:balanced]` (multinomial logistic regression).
+    #[arg(
+        long = "candidates",
+        value_delimiter = ',',
+        default_value = "svm:0.5:balanced,svm:1:balanced,svm:1,logistic:30",
+        value_parser = parse_learner
+    )]
+    candidates: Vec<Learner>,
+    /// More logistic-regression C values to add as candidates (balanced with
+    /// --balanced).
+    #[arg(long = "c-grid", value_delimiter = ',')]
     c_grid: Vec<f64>,
-    /// Weight classes inversely to their frequency.
+    /// Folds of the stratified cross-validation over train + validation
+    /// (methods lexical and hybrid).
+    #[arg(long = "cv-folds", default_value_t = 5)]
+    cv_folds: usize,
+    /// Fit the chosen configuration on train only (default: refit it on
+    /// train + validation once chosen).
+    #[arg(long = "no-refit")]
+    no_refit: bool,
+    /// Weight classes inversely to their frequency (head, finetune and
+    /// --c-grid candidates).
     #[arg(long)]
     balanced: bool,
     /// Fine-tuning epochs (method finetune).
@@ -50,6 +70,10 @@ pub struct TrainArgs {
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_learner(spec: &str) -> Result<Learner, String> {
+    Learner::parse(spec)
 }
 
 fn label_indices(
@@ -77,8 +101,18 @@ fn label_indices(
 pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.max_minutes > 0.0, "--max-minutes must be positive");
     anyhow::ensure!(
-        !args.c_grid.is_empty() && args.c_grid.iter().all(|c| *c > 0.0),
+        args.c_grid.iter().all(|c| c.is_finite() && *c > 0.0),
         "--c-grid needs positive values"
+    );
+    anyhow::ensure!(args.cv_folds >= 2, "--cv-folds must be at least 2");
+    let mut candidates = args.candidates.clone();
+    candidates.extend(args.c_grid.iter().map(|&c| Learner::Logistic {
+        c,
+        balanced: args.balanced,
+    }));
+    anyhow::ensure!(
+        !candidates.is_empty(),
+        "--candidates needs at least one candidate"
     );
     let train = read_split(&args.data, "train")?;
     let validation = read_split(&args.data, "validation")?;
@@ -110,7 +144,9 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         max_minutes: args.max_minutes,
         embed_model: args.embed_model,
         cache_dir: Some(lextral_common::lextral_home().join("embeddings")),
-        c_grid: args.c_grid,
+        candidates,
+        cv_folds: args.cv_folds,
+        refit: !args.no_refit,
         balanced: args.balanced,
         progress: !args.quiet,
         ..TrainOptions::default()
@@ -132,6 +168,16 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
             "out": args.out,
             "method": manifest.method.as_str(),
             "validation": validation,
+            "cross_validation": manifest.cross_validation.as_ref().map(|cv| serde_json::json!({
+                "chosen": cv.chosen,
+                "folds": cv.folds,
+                "candidates": cv.candidates.iter().map(|c| serde_json::json!({
+                    "name": c.name,
+                    "micro_f1": [c.micro_f1_mean, c.micro_f1_sd],
+                    "macro_f1": [c.macro_f1_mean, c.macro_f1_sd],
+                })).collect::<Vec<_>>(),
+            })),
+            "fit_examples": manifest.training.fit_examples,
             "dense_weight": manifest.combination.dense_weight,
             "temperature": manifest.combination.temperature,
             "training_seconds": manifest.training.seconds,

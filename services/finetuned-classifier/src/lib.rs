@@ -27,8 +27,9 @@ pub use grpc::FinetunedGrpc;
 pub use linear::LinearModel;
 pub use model::{
     copy_dir, labels_missing_from, lexical_tensors, write_model_dir, Classifier, Combination,
-    EmbeddingSpec, LexicalModel, Manifest, Method, ModelError, TrainingInfo, ValidationReport,
-    ENCODER_DIR, FORMAT, MANIFEST_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
+    CrossValidation, CvCandidate, EmbeddingSpec, LexicalModel, Manifest, Method, ModelError,
+    PairedGain, TrainingInfo, ValidationReport, ENCODER_DIR, FORMAT, MANIFEST_FILE,
+    VOCABULARY_FILE, WEIGHTS_FILE,
 };
 pub use scoring::{argmax, log_softmax_in_place, F1Scores};
 pub use service::{retriever_labels, FinetunedService, IndexLabels};

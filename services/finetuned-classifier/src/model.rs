@@ -88,6 +88,61 @@ pub struct ValidationReport {
     pub candidates: BTreeMap<String, F1Scores>,
 }
 
+/// One candidate's cross-validated figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CvCandidate {
+    /// As in the table.
+    pub name: String,
+    /// Mean micro-F1 over folds.
+    pub micro_f1_mean: f64,
+    /// Standard deviation of micro-F1 over folds.
+    pub micro_f1_sd: f64,
+    /// Mean macro-F1 over folds.
+    pub macro_f1_mean: f64,
+    /// Standard deviation of macro-F1 over folds.
+    pub macro_f1_sd: f64,
+    /// Per fold, in fold order.
+    pub folds: Vec<F1Scores>,
+    /// Whether the candidate needs an embedding per request.
+    pub dense: bool,
+    /// Seconds its fits took.
+    pub seconds: f64,
+}
+
+/// A candidate's gain over another, fold by fold: the mean and spread
+/// (standard deviation over folds) of the paired differences.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairedGain {
+    /// Mean micro-F1 gain.
+    pub micro_mean: f64,
+    /// Its standard deviation over folds.
+    pub micro_sd: f64,
+    /// Mean macro-F1 gain.
+    pub macro_mean: f64,
+    /// Its standard deviation over folds.
+    pub macro_sd: f64,
+}
+
+/// How the model was chosen: stratified k-fold cross-validation over train
+/// + validation (`lextral train`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrossValidation {
+    /// Number of folds.
+    pub folds: usize,
+    /// Seed of the fold assignment.
+    pub seed: u64,
+    /// Clauses the folds were drawn from.
+    pub examples: usize,
+    /// Every candidate, best first by the selection order.
+    pub candidates: Vec<CvCandidate>,
+    /// The candidate chosen.
+    pub chosen: String,
+    /// Why, in words.
+    pub rule: String,
+    /// Paired gains of each embedding-using candidate over the best lexical one.
+    pub dense_gains: BTreeMap<String, PairedGain>,
+}
+
 /// Facts about the training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingInfo {
@@ -105,6 +160,13 @@ pub struct TrainingInfo {
     pub data_sha256: String,
     /// Whether `--max-minutes` cut training short.
     pub time_limited: bool,
+    /// Clauses the saved model was fitted on: train, or train + validation
+    /// after a refit (0 in manifests older than refits).
+    #[serde(default)]
+    pub fit_examples: usize,
+    /// Whether the chosen configuration was refitted on train + validation.
+    #[serde(default)]
+    pub refit: bool,
     /// Lextral version that trained it.
     pub lextral_version: String,
 }
@@ -128,6 +190,9 @@ pub struct Manifest {
     pub combination: Combination,
     /// Validation figures.
     pub validation: Option<ValidationReport>,
+    /// The cross-validated selection, when the method was chosen that way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_validation: Option<CrossValidation>,
     /// Training facts.
     pub training: TrainingInfo,
     /// SHA-256 of every file (relative path → hex).
@@ -715,6 +780,7 @@ mod tests {
                 temperature: 1.0,
             },
             validation: None,
+            cross_validation: None,
             training: TrainingInfo {
                 seconds: 0.0,
                 stage_seconds: BTreeMap::new(),
@@ -723,6 +789,8 @@ mod tests {
                 validation_examples: 0,
                 data_sha256: String::new(),
                 time_limited: false,
+                fit_examples: 4,
+                refit: false,
                 lextral_version: "test".into(),
             },
             files: BTreeMap::new(),

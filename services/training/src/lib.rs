@@ -5,14 +5,18 @@
 //! It writes the model directory that `lextral-finetuned-classifier` owns
 //! and serves; the service does not link this crate.
 
+mod cv;
 mod finetune;
 mod head;
 mod logistic;
 pub mod mistral_jobs;
 mod scoring;
+mod select;
+mod svm;
 mod train;
 mod trainable_bert;
 
+pub use cv::Learner;
 pub use finetune::FinetuneConfig;
 pub use head::HeadConfig;
-pub use train::{sign_test_p_value, train, TrainData, TrainOptions};
+pub use train::{default_candidates, train, TrainData, TrainOptions};

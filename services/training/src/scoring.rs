@@ -13,6 +13,23 @@ pub fn f1_scores(gold: &[usize], predicted: &[usize]) -> F1Scores {
     }
 }
 
+/// The rows a temperature can be fitted on: those whose gold label the
+/// model could predict at all. A label without a single training clause
+/// (rare labels in a fold, or in train) gets a sentinel score far below the
+/// rest (see the SVM); leaving its clauses in would let a handful of
+/// hopeless rows push the temperature to its bound.
+pub fn calibratable(scores: &[Vec<f32>], gold: &[usize]) -> (Vec<Vec<f32>>, Vec<usize>) {
+    scores
+        .iter()
+        .zip(gold)
+        .filter(|(row, &g)| row[g] > UNPREDICTABLE)
+        .map(|(row, &g)| (row.clone(), g))
+        .unzip()
+}
+
+/// Log-probabilities below this mark a label the model never predicts.
+const UNPREDICTABLE: f32 = -100.0;
+
 /// Mean negative log-likelihood of `gold` under `softmax(scores / t)`.
 pub fn nll(scores: &[Vec<f32>], gold: &[usize], t: f32) -> f64 {
     let mut total = 0.0f64;
@@ -59,6 +76,14 @@ pub fn fit_temperature(scores: &[Vec<f32>], gold: &[usize]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clauses_of_labels_the_model_never_predicts_are_not_calibrated_on() {
+        let scores = vec![vec![-0.1, -2.5, -1000.0], vec![-1.2, -0.4, -999.0]];
+        let (rows, gold) = calibratable(&scores, &[0, 2]);
+        assert_eq!(gold, vec![0]);
+        assert_eq!(rows, vec![scores[0].clone()]);
+    }
 
     #[test]
     fn macro_f1_averages_gold_labels_only() {
