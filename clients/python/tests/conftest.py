@@ -88,7 +88,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 f.write(json.dumps({"text": row["text"], "label": row["label"]}) + "\n")
     model = work / "model"
     subprocess.run(
-        [binary, "train", "--data", str(data), "--out", str(model), "--method", "lexical", "--quiet"],
+        [
+            binary, "train", "--data", str(data), "--out", str(model), "--method", "lexical",
+            "--candidates", "svm:1:balanced", "--cv-folds", "3", "--quiet",
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )

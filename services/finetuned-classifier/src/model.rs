@@ -36,9 +36,11 @@ pub enum Method {
     Head,
     /// Encoder and head trained end to end.
     Finetune,
-    /// TF-IDF word + character n-grams with logistic regression.
+    /// TF-IDF word + character n-grams with a linear model (SVM or
+    /// logistic regression), chosen by cross-validation.
     Lexical,
-    /// Lexical and dense models combined.
+    /// The lexical candidates and those adding sentence-embedding features,
+    /// chosen by cross-validation.
     Hybrid,
 }
 
