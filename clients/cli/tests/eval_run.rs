@@ -90,6 +90,8 @@ async fn eval_writes_a_run_folder_survives_ctrl_c_resumes_and_compares() {
             model.to_str().unwrap(),
             "--method",
             "lexical",
+            // Evaluated on validation below: keep it out of the final fit.
+            "--no-refit",
         ])
         .await,
     );

@@ -195,12 +195,12 @@ struct Fitted {
     dense: Option<LinearModel>,
 }
 
-/// What every fit of one run shares.
+/// What every final fit of one run shares. Final fits run to convergence:
+/// `--max-minutes` cuts the comparison short, never the model it ships.
 struct Settings<'a> {
     configs: &'a [BlockConfig],
     n_classes: usize,
     seed: u64,
-    deadline: Instant,
 }
 
 /// Fits `recipe` on the clauses `idx` of the pool.
@@ -215,7 +215,6 @@ fn fit_recipe(
         configs,
         n_classes,
         seed,
-        deadline,
     } = *settings;
     let texts: Vec<String> = idx.iter().map(|&i| pool.texts[i].to_owned()).collect();
     let labels: Vec<usize> = idx.iter().map(|&i| pool.labels[i]).collect();
@@ -224,7 +223,7 @@ fn fit_recipe(
     let dimension = vectorizer.dimension();
     match recipe {
         Recipe::Lexical(learner) => {
-            let lexical = learner.fit(&rows, &labels, dimension, n_classes, seed, Some(deadline));
+            let lexical = learner.fit(&rows, &labels, dimension, n_classes, seed, None);
             Fitted {
                 vectorizer,
                 lexical,
@@ -235,14 +234,7 @@ fn fit_recipe(
             let dense = dense.expect("joint recipes have embeddings");
             let rows = joint_rows(&rows, idx, dense, dimension, w);
             let dim = dense[0].len();
-            let joint = learner.fit(
-                &rows,
-                &labels,
-                dimension + dim,
-                n_classes,
-                seed,
-                Some(deadline),
-            );
+            let joint = learner.fit(&rows, &labels, dimension + dim, n_classes, seed, None);
             // Split the weight matrix (feature-major) into the lexical rows
             // and the dense rows; the dense rows absorb the feature weight.
             let split = dimension * n_classes;
@@ -584,7 +576,6 @@ pub async fn train_selected(
         configs: &configs,
         n_classes,
         seed: options.seed,
-        deadline,
     };
     // The chosen recipe fitted on train only, scored on validation: a
     // reported figure (and the final model without a refit).
@@ -709,7 +700,6 @@ mod tests {
             configs: &configs,
             n_classes: 4,
             seed: 1,
-            deadline: Instant::now() + Duration::from_secs(60),
         };
         let idx: Vec<usize> = (0..pool.len()).collect();
         let recipe = Recipe::Joint(
