@@ -9,6 +9,7 @@
 //! embedding only if it beats the best lexical candidate by more than the
 //! spread of its gain over the folds (see [`crate::cv::beyond_spread`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -130,10 +131,17 @@ fn cross_validate(
     let mut oof = vec![Vec::new(); pool.len()];
     for fold in folds {
         let labels = fold.train_labels(pool);
-        let (train_rows, test_rows, dimension, learner) = match recipe {
+        // Lexical candidates read the fold's rows as they are; only a
+        // joint candidate needs rows of its own.
+        let (train_rows, test_rows, dimension, learner): (
+            Cow<[SparseRow]>,
+            Cow<[SparseRow]>,
+            _,
+            _,
+        ) = match recipe {
             Recipe::Lexical(learner) => (
-                fold.features.train.clone(),
-                fold.features.test.clone(),
+                Cow::Borrowed(&fold.features.train),
+                Cow::Borrowed(&fold.features.test),
                 fold.features.dimension,
                 learner,
             ),
@@ -141,8 +149,20 @@ fn cross_validate(
                 let dense = dense.expect("joint candidates have embeddings");
                 let offset = fold.features.dimension;
                 (
-                    joint_rows(&fold.features.train, &fold.train, dense, offset, w),
-                    joint_rows(&fold.features.test, &fold.test, dense, offset, w),
+                    Cow::Owned(joint_rows(
+                        &fold.features.train,
+                        &fold.train,
+                        dense,
+                        offset,
+                        w,
+                    )),
+                    Cow::Owned(joint_rows(
+                        &fold.features.test,
+                        &fold.test,
+                        dense,
+                        offset,
+                        w,
+                    )),
                     offset + dense[0].len(),
                     learner,
                 )
@@ -493,27 +513,34 @@ pub async fn train_selected(
             let lexical_oof = &oof[&best_lexical.name];
             let (rows, gold) = calibratable(lexical_oof, &pool.labels);
             let temperature = fit_temperature(&rows, &gold);
+            // The vote and the calibrated lexical probabilities of each
+            // left-out clause, computed once for every share tried.
+            let mut votes = vec![Vec::new(); pool.len()];
+            let mut lexical = vec![Vec::new(); pool.len()];
+            for fold in &folds {
+                let neighbours: Vec<&[f32]> =
+                    fold.train.iter().map(|&i| dense[i].as_slice()).collect();
+                let labels = fold.train_labels(&pool);
+                for &i in &fold.test {
+                    votes[i] = knn_vote(&dense[i], &neighbours, &labels, n_classes, KNN_K);
+                    let mut z: Vec<f32> = lexical_oof[i].iter().map(|v| v / temperature).collect();
+                    lextral_finetuned_classifier::log_softmax_in_place(&mut z);
+                    lexical[i] = z.into_iter().map(f32::exp).collect();
+                }
+            }
             for share in KNN_SHARES {
                 let began = Instant::now();
                 let scores: Vec<F1Scores> = folds
                     .iter()
                     .map(|fold| {
-                        let neighbours: Vec<&[f32]> =
-                            fold.train.iter().map(|&i| dense[i].as_slice()).collect();
-                        let labels = fold.train_labels(&pool);
                         let mixed: Vec<Vec<f32>> = fold
                             .test
                             .iter()
                             .map(|&i| {
-                                let votes =
-                                    knn_vote(&dense[i], &neighbours, &labels, n_classes, KNN_K);
-                                let mut lexical: Vec<f32> =
-                                    lexical_oof[i].iter().map(|v| v / temperature).collect();
-                                lextral_finetuned_classifier::log_softmax_in_place(&mut lexical);
-                                lexical
+                                lexical[i]
                                     .iter()
-                                    .zip(&votes)
-                                    .map(|(l, v)| (1.0 - share) * l.exp() + share * v)
+                                    .zip(&votes[i])
+                                    .map(|(l, v)| (1.0 - share) * l + share * v)
                                     .collect()
                             })
                             .collect();
@@ -607,11 +634,12 @@ pub async fn train_selected(
     // NLL over the validation clauses whose label the train-only fit could
     // predict (a label absent from train has no finite likelihood).
     let (nll_rows, nll_gold) = calibratable(&val_scores, &val_gold);
+    let val_f1 = score_rows(&val_scores, &val_gold);
     let validation = ValidationReport {
-        scores: score_rows(&val_scores, &val_gold),
+        scores: val_f1,
         nll_uncalibrated: nll(&nll_rows, &nll_gold, 1.0),
         nll_calibrated: nll(&nll_rows, &nll_gold, temperature),
-        candidates: BTreeMap::from([(chosen.name.clone(), score_rows(&val_scores, &val_gold))]),
+        candidates: BTreeMap::from([(chosen.name.clone(), val_f1)]),
     };
     stages.done("calibrate");
 
